@@ -1,0 +1,1 @@
+"""HTTP blueprints: thin handlers that parse, authorise, call the core and render."""

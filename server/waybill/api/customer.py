@@ -1,0 +1,97 @@
+"""The signed-in customer's API: ``/api/me`` and their orders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlmodel import select
+
+from waybill.api.errors import ApiError, not_found
+from waybill.api.schemas import Me, OrderList, OrderPublic
+from waybill.api.spec import operation
+from waybill.api.views import render_order, render_orders
+from waybill.auth import sessions
+from waybill.db import get_session
+from waybill.models import Customer, Order
+
+bp = Blueprint("customer_api", __name__, url_prefix="/api/me")
+MAX_ID = 2**63 - 1
+
+
+@bp.before_request
+def _signed_in() -> None:
+    if sessions.current() is None:
+        raise ApiError(401, "unauthorized", "sign in first")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok():
+        raise ApiError(403, "csrf", "send the csrf_token from GET /api/me as X-CSRF-Token")
+
+
+def current_customer() -> Customer:
+    customer = sessions.current_customer()
+    if customer is None:
+        raise ApiError(401, "unauthorized", "sign in first")
+    return customer
+
+
+def language_of(customer: Customer) -> str:
+    prefs = customer.preferences or {}
+    lang = prefs.get("language") or (customer.locale or "en")[:2].lower()
+    return lang if lang in ("en", "de") else "en"
+
+
+@bp.get("")
+@operation("The signed-in customer", responses={200: Me}, security="session", tag="customer")
+def me() -> Any:
+    customer = current_customer()
+    auth = sessions.current()
+    assert auth is not None
+    return jsonify(
+        Me(
+            email=customer.email,
+            name=customer.name,
+            csrf_token=auth.csrf_token,
+            locale=customer.locale,
+            timezone=customer.timezone,
+        ).model_dump(mode="json")
+    )
+
+
+@bp.get("/orders")
+@operation(
+    "The customer's orders, newest first",
+    responses={200: OrderList},
+    security="session",
+    tag="customer",
+)
+def my_orders() -> Any:
+    customer = current_customer()
+    db = get_session()
+    orders = list(
+        db.exec(
+            select(Order).where(Order.customer_id == customer.id).order_by(Order.id.desc())  # type: ignore[union-attr]
+        )
+    )
+    rendered = render_orders(
+        db, orders, base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
+        language=language_of(customer),
+    )
+    return jsonify(orders=[o.model_dump(mode="json") for o in rendered])
+
+
+@bp.get("/orders/<int:order_id>")
+@operation(
+    "One of the customer's orders", responses={200: OrderPublic}, security="session",
+    tag="customer",
+)
+def my_order(order_id: int) -> Any:
+    customer = current_customer()
+    db = get_session()
+    order = db.get(Order, order_id) if order_id <= MAX_ID else None
+    if order is None or order.customer_id != customer.id:
+        raise not_found("order")
+    rendered = render_order(
+        db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
+        language=language_of(customer),
+    )
+    return jsonify(rendered.model_dump(mode="json"))

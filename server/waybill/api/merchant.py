@@ -1,0 +1,226 @@
+"""The merchant API, ``/api/v1``: orders, shipments and their events, by API key."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, current_app, g, jsonify, request
+from sqlmodel import select
+
+from waybill.api.errors import ApiError, not_found
+from waybill.api.schemas import (
+    MerchantOrderList,
+    MerchantOrderPublic,
+    OrderCreate,
+    OrderEventCreate,
+    ShipmentCreate,
+    ShipmentCreated,
+    ShipmentEventCreate,
+)
+from waybill.api.spec import operation, parse_body
+from waybill.api.views import render_order, render_orders
+from waybill.auth import merchant_keys
+from waybill.db import get_session
+from waybill.ingest import Conflict, add_shipment, create_order, record_order_event
+from waybill.ingest import record_shipment_event
+from waybill.models import Merchant, Order, Shipment
+from waybill.tracking.statuses import ALL_STATUSES
+
+bp = Blueprint("merchant_api", __name__, url_prefix="/api/v1")
+
+
+@bp.before_request
+def _authenticate() -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    merchant = None
+    if scheme.lower() == "bearer" and key:
+        merchant = merchant_keys.authenticate(session=get_session(), key=key.strip())
+    if merchant is None:
+        raise ApiError(
+            401, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": 'Bearer realm="waybill"'},
+        )
+    g.merchant = merchant
+
+
+def _merchant() -> Merchant:
+    return g.merchant  # type: ignore[no-any-return]
+
+
+MAX_ID = 2**63 - 1
+
+
+def _order(order_id: int) -> Order:
+    order = get_session().get(Order, order_id) if order_id <= MAX_ID else None
+    if order is None or order.merchant_id != _merchant().id:
+        raise not_found("order")
+    return order
+
+
+def _answer(order: Order, status: int) -> Any:
+    db = get_session()
+    body = render_order(
+        db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url, merchant_view=True
+    )
+    return jsonify(body.model_dump(mode="json")), status
+
+
+def _commit() -> None:
+    db = get_session()
+    try:
+        db.commit()
+    except sa.exc.IntegrityError:
+        db.rollback()
+        raise ApiError(409, "conflict", "a concurrent request changed this resource; retry") from None
+
+
+_ORDER_RESPONSES: dict[int, Any] = {200: MerchantOrderPublic, 201: MerchantOrderPublic}
+
+
+@bp.post("/orders")
+@operation(
+    "Create an order (idempotent by external_id)",
+    body=OrderCreate,
+    responses={**_ORDER_RESPONSES, 409: None},
+    security="merchant",
+    tag="merchant",
+)
+def post_order() -> Any:
+    data = parse_body(OrderCreate)
+    try:
+        order, created = create_order(session=get_session(), merchant=_merchant(), data=data)
+    except Conflict:
+        raise ApiError(
+            409, "conflict", "an order with this external_id exists with a different body",
+            {"external_id": "already used for another order"},
+        ) from None
+    _commit()
+    return _answer(order, 201 if created else 200)
+
+
+@bp.get("/orders/<int:order_id>")
+@operation(
+    "One order", responses={200: MerchantOrderPublic}, security="merchant", tag="merchant"
+)
+def get_order(order_id: int) -> Any:
+    return _answer(_order(order_id), 200)
+
+
+def _decode_cursor(raw: str) -> int:
+    try:
+        value = int(base64.urlsafe_b64decode(raw.encode() + b"==").decode())
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(422, "invalid", "bad cursor", {"cursor": "not a cursor we gave"}) from None
+    if value < 1:
+        raise ApiError(422, "invalid", "bad cursor", {"cursor": "not a cursor we gave"})
+    return value
+
+
+def _encode_cursor(order_id: int) -> str:
+    return base64.urlsafe_b64encode(str(order_id).encode()).decode().rstrip("=")
+
+
+@bp.get("/orders")
+@operation(
+    "This merchant's orders, newest first",
+    responses={200: MerchantOrderList, 422: None},
+    security="merchant",
+    tag="merchant",
+    query={
+        "external_id": {"type": "string", "maxLength": 200},
+        "status": {"type": "string", "enum": [s.value for s in ALL_STATUSES]},
+        "cursor": {"type": "string", "maxLength": 40},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    },
+)
+def list_orders() -> Any:
+    args = request.args
+    fields: dict[str, str] = {}
+    try:
+        limit = int(args.get("limit", "20"))
+        if not 1 <= limit <= 100:
+            raise ValueError
+    except ValueError:
+        fields["limit"] = "a whole number from 1 to 100"
+        limit = 20
+    status = args.get("status")
+    if status is not None and status not in {s.value for s in ALL_STATUSES}:
+        fields["status"] = "not a known status"
+    if fields:
+        raise ApiError(422, "invalid", "some query parameters are not valid", fields)
+    query = select(Order).where(Order.merchant_id == _merchant().id)
+    if "external_id" in args:
+        query = query.where(Order.external_id == args["external_id"])
+    if status:
+        query = query.where(Order.status == status)
+    if args.get("cursor"):
+        query = query.where(Order.id < _decode_cursor(args["cursor"]))  # type: ignore[operator]
+    db = get_session()
+    page = list(db.exec(query.order_by(Order.id.desc()).limit(limit + 1)))  # type: ignore[union-attr]
+    more = len(page) > limit
+    page = page[:limit]
+    rendered = render_orders(
+        db, page, base_url=current_app.config["WAYBILL_SETTINGS"].base_url, merchant_view=True
+    )
+    return jsonify(
+        orders=[o.model_dump(mode="json") for o in rendered],
+        next_cursor=_encode_cursor(page[-1].id) if more else None,  # type: ignore[arg-type]
+    )
+
+
+@bp.post("/orders/<int:order_id>/events")
+@operation(
+    "Record a change of the order itself",
+    body=OrderEventCreate,
+    responses=_ORDER_RESPONSES,
+    security="merchant",
+    tag="merchant",
+)
+def post_order_event(order_id: int) -> Any:
+    order = _order(order_id)
+    data = parse_body(OrderEventCreate)
+    recorded = record_order_event(session=get_session(), order=order, data=data)
+    _commit()
+    return _answer(order, 201 if recorded else 200)
+
+
+@bp.post("/orders/<int:order_id>/shipments")
+@operation(
+    "Add a shipment to the order",
+    body=ShipmentCreate,
+    responses={201: ShipmentCreated},
+    security="merchant",
+    tag="merchant",
+)
+def post_shipment(order_id: int) -> Any:
+    order = _order(order_id)
+    data = parse_body(ShipmentCreate)
+    db = get_session()
+    shipment = add_shipment(session=db, order=order, data=data)
+    _commit()
+    rendered = render_order(db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url)
+    body = next(s for s in rendered.shipments if s.id == shipment.id)
+    return jsonify(ShipmentCreated(**body.model_dump(), order_id=order.id).model_dump(mode="json")), 201
+
+
+@bp.post("/shipments/<int:shipment_id>/events")
+@operation(
+    "Record a carrier event of a shipment",
+    body=ShipmentEventCreate,
+    responses=_ORDER_RESPONSES,
+    security="merchant",
+    tag="merchant",
+)
+def post_shipment_event(shipment_id: int) -> Any:
+    db = get_session()
+    shipment = db.get(Shipment, shipment_id) if shipment_id <= MAX_ID else None
+    if shipment is None:
+        raise not_found("shipment")
+    order = _order(shipment.order_id)
+    data = parse_body(ShipmentEventCreate)
+    recorded = record_shipment_event(session=db, shipment=shipment, data=data)
+    _commit()
+    return _answer(order, 201 if recorded else 200)

@@ -1,0 +1,131 @@
+"""Orders as JSON: the same shapes for the merchant, the signed-in customer and a tracking link.
+
+Rows for a whole page of orders are loaded in three queries, not three per order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from waybill.api.schemas import (
+    CustomerPublic,
+    EventPublic,
+    ItemPublic,
+    MerchantOrderPublic,
+    MerchantPublic,
+    OrderPublic,
+    PackagesPublic,
+    ShipmentPublic,
+)
+from waybill.models import Change, Customer, Merchant, Order, Shipment, TrackingEvent
+from waybill.tracking.statuses import Status, label, package_summary
+
+
+def tracking_url(base_url: str, order: Order) -> str:
+    return f"{base_url}/t/{order.tracking_token}"
+
+
+def _event(e: TrackingEvent, lang: str) -> EventPublic:
+    return EventPublic(
+        status=e.status,
+        status_label=label(e.status, lang),
+        occurred_at=e.occurred_at,
+        location=e.location,
+        description=e.description,
+    )
+
+
+def render_orders(
+    session: Session,
+    orders: Sequence[Order],
+    *,
+    base_url: str,
+    merchant_view: bool = False,
+    language: str = "en",
+) -> list[OrderPublic]:
+    if not orders:
+        return []
+    ids = [o.id for o in orders]
+    shipments: dict[int, list[Shipment]] = defaultdict(list)
+    for s in session.exec(
+        select(Shipment).where(Shipment.order_id.in_(ids)).order_by(Shipment.id)  # type: ignore[union-attr]
+    ):
+        shipments[s.order_id].append(s)
+    events: dict[tuple[int, int | None], list[TrackingEvent]] = defaultdict(list)
+    for e in session.exec(
+        select(TrackingEvent)
+        .where(TrackingEvent.order_id.in_(ids))  # type: ignore[attr-defined]
+        .order_by(TrackingEvent.occurred_at, TrackingEvent.id)
+    ):
+        events[(e.order_id, e.shipment_id)].append(e)
+    cursors = dict(
+        session.exec(
+            select(Change.order_id, sa.func.max(Change.id))
+            .where(Change.order_id.in_(ids))  # type: ignore[attr-defined]
+            .group_by(Change.order_id)
+        ).all()
+    )
+    merchants = {
+        m.id: m
+        for m in session.exec(
+            select(Merchant).where(Merchant.id.in_({o.merchant_id for o in orders}))  # type: ignore[attr-defined]
+        )
+    }
+    customers: dict[int, Customer] = {}
+    if merchant_view:
+        customers = {
+            c.id: c  # type: ignore[misc]
+            for c in session.exec(
+                select(Customer).where(Customer.id.in_({o.customer_id for o in orders}))  # type: ignore[union-attr]
+            )
+        }
+    out: list[OrderPublic] = []
+    for order in orders:
+        ships = shipments[order.id]  # type: ignore[index]
+        summary = package_summary([Status(s.status) for s in ships])
+        merchant = merchants[order.merchant_id]
+        fields = dict(
+            id=order.id,
+            external_id=order.external_id,
+            status=order.status,
+            status_label=label(order.status, language),
+            merchant=MerchantPublic(id=merchant.id, name=merchant.name),
+            tracking_url=tracking_url(base_url, order),
+            items=[ItemPublic(**i) for i in order.items],
+            packages=PackagesPublic(
+                total=summary.total, delivered=summary.delivered, summary=summary.text(language)
+            ),
+            shipments=[
+                ShipmentPublic(
+                    id=s.id,
+                    carrier=s.carrier,
+                    tracking_number=s.tracking_number,
+                    service=s.service,
+                    status=s.status,
+                    status_label=label(s.status, language),
+                    estimated_delivery=s.estimated_delivery,
+                    events=[_event(e, language) for e in events[(order.id, s.id)]],  # type: ignore[index]
+                )
+                for s in ships
+            ],
+            events=[_event(e, language) for e in events[(order.id, None)]],  # type: ignore[index]
+            estimated_delivery=order.estimated_delivery,
+            placed_at=order.placed_at,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+            cursor=cursors.get(order.id),
+        )
+        if merchant_view:
+            c = customers[order.customer_id]
+            out.append(MerchantOrderPublic(**fields, customer=CustomerPublic(email=c.email, name=c.name)))
+        else:
+            out.append(OrderPublic(**fields))
+    return out
+
+
+def render_order(session: Session, order: Order, **kwargs: object) -> OrderPublic:
+    return render_orders(session, [order], **kwargs)[0]  # type: ignore[arg-type]

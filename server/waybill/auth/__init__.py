@@ -1,0 +1,1 @@
+"""Who is asking: merchant keys, tracking tokens, customer sign-in and sessions."""

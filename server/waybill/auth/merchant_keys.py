@@ -1,0 +1,54 @@
+"""Merchant API keys: ``wb_live_…``, shown once, stored as a SHA-256 hash, revocable."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from sqlmodel import Session, select
+
+from waybill.auth.tokens import digest, new_token
+from waybill.models import ApiKey, Merchant, utcnow
+
+KEY_PREFIX = "wb_live_"
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def create_merchant(*, session: Session, name: str) -> tuple[Merchant, str]:
+    merchant = Merchant(id="mer_" + secrets.token_hex(8), name=name)
+    session.add(merchant)
+    session.flush()
+    return merchant, issue_key(session=session, merchant=merchant)
+
+
+def issue_key(*, session: Session, merchant: Merchant) -> str:
+    """Make a new key for ``merchant`` and return it; this is the only time it is seen."""
+    key = KEY_PREFIX + new_token(32)
+    session.add(ApiKey(merchant_id=merchant.id, prefix=key[:14], key_hash=digest(key)))
+    session.flush()
+    return key
+
+
+def authenticate(*, session: Session, key: str) -> Merchant | None:
+    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    api_key = session.exec(select(ApiKey).where(ApiKey.key_hash == digest(key))).first()
+    if api_key is None or api_key.revoked_at is not None:
+        return None
+    now = utcnow()
+    if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_RESOLUTION:
+        api_key.last_used_at = now
+        session.add(api_key)
+    return session.get(Merchant, api_key.merchant_id)
+
+
+def list_keys(*, session: Session, merchant_id: str) -> list[ApiKey]:
+    return list(session.exec(select(ApiKey).where(ApiKey.merchant_id == merchant_id)))
+
+
+def revoke_key(*, session: Session, merchant_id: str, prefix: str) -> bool:
+    keys = [k for k in list_keys(session=session, merchant_id=merchant_id) if k.prefix == prefix]
+    for k in keys:
+        k.revoked_at = k.revoked_at or utcnow()
+        session.add(k)
+    return bool(keys)

@@ -1,0 +1,83 @@
+"""Customer sessions, stored server-side: the cookie holds a random id, the table its hash."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Response, current_app, g, request
+from sqlmodel import Session, select
+
+from waybill.auth.tokens import digest, new_token, same
+from waybill.db import get_session
+from waybill.models import AuthSession, Customer, utcnow
+
+COOKIE = "waybill_session"
+IDLE_EXPIRY = timedelta(days=30)
+_SEEN_RESOLUTION = timedelta(minutes=5)
+
+
+def start(*, session: Session, customer: Customer, response: Response) -> AuthSession:
+    """Sign ``customer`` in on this browser: a fresh session id, never a reused one."""
+    end_current(session=session)
+    sid = new_token(32)
+    auth = AuthSession(
+        customer_id=customer.id,  # type: ignore[arg-type]
+        id_hash=digest(sid),
+        csrf_token=new_token(24),
+        user_agent=(request.user_agent.string or "")[:300] or None,
+    )
+    session.add(auth)
+    session.flush()
+    settings = current_app.config["WAYBILL_SETTINGS"]
+    response.set_cookie(
+        COOKIE,
+        sid,
+        max_age=int(IDLE_EXPIRY.total_seconds()),
+        httponly=True,
+        samesite="Lax",
+        secure=settings.secure_cookies,
+        path="/",
+    )
+    return auth
+
+
+def current() -> AuthSession | None:
+    """The signed-in session of this request, if any (cached on ``g``)."""
+    if "auth_session" in g:
+        return g.auth_session  # type: ignore[no-any-return]
+    g.auth_session = None
+    sid = request.cookies.get(COOKIE)
+    if sid and len(sid) < 100:
+        db = get_session()
+        auth = db.exec(select(AuthSession).where(AuthSession.id_hash == digest(sid))).first()
+        now = utcnow()
+        if auth and auth.revoked_at is None and now - auth.last_seen_at < IDLE_EXPIRY:
+            if now - auth.last_seen_at > _SEEN_RESOLUTION:
+                auth.last_seen_at = now
+                db.add(auth)
+                db.commit()
+            g.auth_session = auth
+    return g.auth_session  # type: ignore[no-any-return]
+
+
+def current_customer() -> Customer | None:
+    auth = current()
+    return get_session().get(Customer, auth.customer_id) if auth else None
+
+
+def csrf_ok() -> bool:
+    auth = current()
+    sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
+    return auth is not None and bool(sent) and same(sent, auth.csrf_token)
+
+
+def end_current(*, session: Session) -> None:
+    auth = current()
+    if auth is not None:
+        auth.revoked_at = utcnow()
+        session.add(auth)
+    g.auth_session = None
+
+
+def clear_cookie(response: Response) -> None:
+    response.delete_cookie(COOKIE, path="/")

@@ -1,0 +1,222 @@
+"""The one place that records a change a customer can see.
+
+Each function works inside the caller's transaction: it writes the event, recomputes the
+status with the state machine, and appends a ``Change`` row (the cursor the sockets resume
+from). Changes are queued on the session and published only after the commit succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from waybill.api.schemas import OrderCreate, OrderEventCreate, ShipmentCreate, ShipmentEventCreate
+from waybill.auth.login import normalise_email
+from waybill.auth.tokens import digest, new_token
+from waybill.models import Change, Customer, Merchant, Order, Shipment, TrackingEvent, utcnow
+from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status
+
+#: Called inside the transaction for every change (the notifications outbox hooks in here).
+ChangeHook = Callable[[Session, Change, Order], None]
+change_hooks: list[ChangeHook] = []
+
+
+class Conflict(Exception):
+    """The same external id was used before with a different body."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """What goes to the broker after commit."""
+
+    cursor: int
+    order_id: int
+    customer_id: int
+    status: str
+
+
+def body_hash(data: OrderCreate) -> str:
+    canonical = json.dumps(data.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def upsert_customer(
+    *, session: Session, email: str, name: str | None = None, locale: str | None = None,
+    timezone: str | None = None,
+) -> Customer:
+    email = normalise_email(email)
+    customer = session.exec(select(Customer).where(Customer.email == email)).first()
+    if customer is None:
+        customer = Customer(email=email, name=name, locale=locale, timezone=timezone)
+    else:
+        customer.name = name or customer.name
+        customer.locale = customer.locale or locale
+        customer.timezone = customer.timezone or timezone
+    session.add(customer)
+    session.flush()
+    return customer
+
+
+def create_order(*, session: Session, merchant: Merchant, data: OrderCreate) -> tuple[Order, bool]:
+    """Create the order, or return the existing one for a retried identical request."""
+    fingerprint = body_hash(data)
+    existing = session.exec(
+        select(Order).where(Order.merchant_id == merchant.id, Order.external_id == data.external_id)
+    ).first()
+    if existing is not None:
+        if existing.request_hash != fingerprint:
+            raise Conflict(data.external_id)
+        return existing, False
+    customer = upsert_customer(
+        session=session,
+        email=str(data.customer.email),
+        name=data.customer.name,
+        locale=data.customer.locale,
+        timezone=data.customer.timezone,
+    )
+    token = new_token(24)
+    order = Order(
+        merchant_id=merchant.id,
+        customer_id=customer.id,  # type: ignore[arg-type]
+        external_id=data.external_id,
+        tracking_token=token,
+        tracking_token_hash=digest(token),
+        status=Status.CONFIRMED,
+        items=[i.model_dump(exclude_none=True) for i in data.items],
+        request_hash=fingerprint,
+        placed_at=data.placed_at,
+    )
+    session.add(order)
+    session.flush()
+    _record_change(session, order, "order.created", None)
+    return order, True
+
+
+def add_shipment(*, session: Session, order: Order, data: ShipmentCreate) -> Shipment:
+    shipment = Shipment(
+        order_id=order.id,  # type: ignore[arg-type]
+        carrier=data.carrier,
+        tracking_number=data.tracking_number,
+        service=data.service,
+        estimated_delivery=data.estimated_delivery,
+        status=Status.SHIPPED,
+    )
+    session.add(shipment)
+    session.flush()
+    _recompute(session, order, "shipment.added")
+    return shipment
+
+
+def record_order_event(
+    *, session: Session, order: Order, data: OrderEventCreate, source: str = "api"
+) -> bool:
+    return _record(
+        session, order, None, data.status, data.occurred_at or utcnow(), data.event_id,
+        None, data.description, source,
+    )
+
+
+def record_shipment_event(
+    *, session: Session, shipment: Shipment, data: ShipmentEventCreate, source: str = "api"
+) -> bool:
+    order = session.get(Order, shipment.order_id)
+    assert order is not None
+    return _record(
+        session, order, shipment, data.status, data.occurred_at, data.event_id,
+        data.location, data.description, source,
+    )
+
+
+def _record(
+    session: Session, order: Order, shipment: Shipment | None, status: str,
+    occurred_at: datetime, event_id: str | None, location: str | None,
+    description: str | None, source: str,
+) -> bool:
+    """Record one event; False when it was seen before (nothing changes then)."""
+    scope = f"s{shipment.id}" if shipment else "o"
+    if event_id:
+        key = f"{scope}:id:{hashlib.sha256(event_id.encode()).hexdigest()[:40]}"
+    else:
+        content = json.dumps([status, occurred_at.isoformat(), location, description])
+        key = f"{scope}:h:{hashlib.sha256(content.encode()).hexdigest()[:40]}"
+    seen = session.exec(
+        select(TrackingEvent.id).where(
+            TrackingEvent.order_id == order.id, TrackingEvent.dedupe_key == key
+        )
+    ).first()
+    if seen is not None:
+        return False
+    session.add(
+        TrackingEvent(
+            order_id=order.id,  # type: ignore[arg-type]
+            shipment_id=shipment.id if shipment else None,
+            status=status,
+            occurred_at=occurred_at,
+            location=location,
+            description=description,
+            source=source,
+            event_id=event_id,
+            dedupe_key=key,
+        )
+    )
+    session.flush()
+    _recompute(session, order, "event.recorded")
+    return True
+
+
+def _entries(events: list[TrackingEvent]) -> list[TimelineEntry]:
+    return [TimelineEntry(e.occurred_at, Status(e.status), e.dedupe_key) for e in events]
+
+
+def _recompute(session: Session, order: Order, kind: str) -> None:
+    """Fold every shipment's and the order's timeline; log the change."""
+    events = list(session.exec(select(TrackingEvent).where(TrackingEvent.order_id == order.id)))
+    shipments = list(session.exec(select(Shipment).where(Shipment.order_id == order.id)))
+    statuses: list[Status] = []
+    for shipment in shipments:
+        own = [e for e in events if e.shipment_id == shipment.id]
+        status = fold(_entries(own), start=Status.SHIPPED) or Status.SHIPPED
+        if shipment.status != status:
+            shipment.status = status
+            session.add(shipment)
+        statuses.append(status)
+    base = fold(_entries([e for e in events if e.shipment_id is None]), start=Status.CONFIRMED)
+    before = order.status
+    order.status = order_status(base or Status.CONFIRMED, statuses)
+    estimates = [s.estimated_delivery for s in shipments if s.estimated_delivery]
+    order.estimated_delivery = max(estimates) if estimates else order.estimated_delivery
+    order.updated_at = utcnow()
+    session.add(order)
+    _record_change(session, order, kind, before)
+
+
+def _record_change(session: Session, order: Order, kind: str, before: str | None) -> None:
+    change = Change(
+        order_id=order.id,  # type: ignore[arg-type]
+        customer_id=order.customer_id,
+        kind=kind,
+        status_before=before,
+        status_after=order.status,
+    )
+    session.add(change)
+    session.flush()
+    for hook in change_hooks:
+        hook(session, change, order)
+    pending: list[Published] = session.info.setdefault("waybill.published", [])
+    pending.append(
+        Published(change.id, order.id, order.customer_id, order.status)  # type: ignore[arg-type]
+    )
+
+
+def latest_cursor(session: Session) -> int:
+    return session.exec(select(sa.func.coalesce(sa.func.max(Change.id), 0))).one()
+
+
+def take_published(session: Session) -> list[Published]:
+    return session.info.pop("waybill.published", [])

@@ -1,0 +1,1 @@
+"""Notifications: who hears what and when, the durable outbox, Web Push and email."""

@@ -1,0 +1,1 @@
+"""Live updates: the broker that fans changes out, and the WebSocket hub."""

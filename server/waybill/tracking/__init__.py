@@ -1,0 +1,1 @@
+"""The domain core: statuses, the state machine and timelines. Plain Python, no I/O."""
