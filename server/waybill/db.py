@@ -72,7 +72,7 @@ def migrate(engine: Engine) -> None:
     """Create the schema, or bring an existing one up to date, keeping its data."""
     from alembic import command
 
-    command.upgrade(alembic_config(engine), "head")
+    command.upgrade(alembic_config(engine), "heads")
 
 
 def init_app(app: Flask, engine: Engine) -> None:
