@@ -35,19 +35,29 @@ def seed(*, session: Session, settings: Settings) -> list[str]:
 
 def _orders(session: Session, shop: Merchant) -> None:
     now = utcnow()
-    customer = {"email": DEMO_EMAIL, "name": "Dana Demo", "locale": "en", "timezone": "Europe/Berlin"}
+    customer = {
+        "email": DEMO_EMAIL,
+        "name": "Dana Demo",
+        "locale": "en",
+        "timezone": "Europe/Berlin",
+    }
 
     def order(ext: str, items: list[dict[str, object]], days_ago: float):  # type: ignore[no-untyped-def]
         data = OrderCreate.model_validate(
-            {"external_id": ext, "customer": customer, "items": items,
-             "placed_at": (now - timedelta(days=days_ago)).isoformat()}
+            {
+                "external_id": ext,
+                "customer": customer,
+                "items": items,
+                "placed_at": (now - timedelta(days=days_ago)).isoformat(),
+            }
         )
         return create_order(session=session, merchant=shop, data=data)[0]
 
     def ship(o, carrier: str, number: str, eta_days: float | None):  # type: ignore[no-untyped-def]
         eta = (now + timedelta(days=eta_days)).isoformat() if eta_days is not None else None
         return add_shipment(
-            session=session, order=o,
+            session=session,
+            order=o,
             data=ShipmentCreate.model_validate(
                 {"carrier": carrier, "tracking_number": number, "estimated_delivery": eta}
             ),
@@ -55,11 +65,16 @@ def _orders(session: Session, shop: Merchant) -> None:
 
     def scan(s, status: str, hours_ago: float, location: str, description: str) -> None:  # type: ignore[no-untyped-def]
         record_shipment_event(
-            session=session, shipment=s,
-            data=ShipmentEventCreate.model_validate({
-                "status": status, "occurred_at": (now - timedelta(hours=hours_ago)).isoformat(),
-                "location": location, "description": description,
-            }),
+            session=session,
+            shipment=s,
+            data=ShipmentEventCreate.model_validate(
+                {
+                    "status": status,
+                    "occurred_at": (now - timedelta(hours=hours_ago)).isoformat(),
+                    "location": location,
+                    "description": description,
+                }
+            ),
         )
 
     o = order("1001", [{"name": "Rain jacket", "quantity": 1}], 0.1)

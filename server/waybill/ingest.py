@@ -47,7 +47,11 @@ def body_hash(data: OrderCreate) -> str:
 
 
 def upsert_customer(
-    *, session: Session, email: str, name: str | None = None, locale: str | None = None,
+    *,
+    session: Session,
+    email: str,
+    name: str | None = None,
+    locale: str | None = None,
     timezone: str | None = None,
 ) -> Customer:
     email = normalise_email(email)
@@ -117,8 +121,15 @@ def record_order_event(
     *, session: Session, order: Order, data: OrderEventCreate, source: str = "api"
 ) -> bool:
     return _record(
-        session, order, None, data.status, data.occurred_at or utcnow(), data.event_id,
-        None, data.description, source,
+        session,
+        order,
+        None,
+        data.status,
+        data.occurred_at or utcnow(),
+        data.event_id,
+        None,
+        data.description,
+        source,
     )
 
 
@@ -128,15 +139,28 @@ def record_shipment_event(
     order = session.get(Order, shipment.order_id)
     assert order is not None
     return _record(
-        session, order, shipment, data.status, data.occurred_at, data.event_id,
-        data.location, data.description, source,
+        session,
+        order,
+        shipment,
+        data.status,
+        data.occurred_at,
+        data.event_id,
+        data.location,
+        data.description,
+        source,
     )
 
 
 def _record(
-    session: Session, order: Order, shipment: Shipment | None, status: str,
-    occurred_at: datetime, event_id: str | None, location: str | None,
-    description: str | None, source: str,
+    session: Session,
+    order: Order,
+    shipment: Shipment | None,
+    status: str,
+    occurred_at: datetime,
+    event_id: str | None,
+    location: str | None,
+    description: str | None,
+    source: str,
 ) -> bool:
     """Record one event; False when it was seen before (nothing changes then)."""
     scope = f"s{shipment.id}" if shipment else "o"

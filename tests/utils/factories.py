@@ -71,7 +71,9 @@ class AuthActions:
         with session_scope(self.app.extensions["waybill.engine"]) as session:
             customer = login.find_customer(session, email)
             assert customer is not None, f"no customer {email}"
-            return login.issue(session=session, customer=customer, secret=settings.secret_key).link_token
+            return login.issue(
+                session=session, customer=customer, secret=settings.secret_key
+            ).link_token
 
     def sign_in(self, email: str) -> str:
         """Sign in and return the CSRF token."""
@@ -83,3 +85,17 @@ class AuthActions:
 
     def sign_out(self) -> None:
         self.client.post("/auth/logout")
+
+
+def row_counts(app: Flask) -> dict[str, int]:
+    """How many rows each table holds: to show that a refused request wrote nothing."""
+    import sqlalchemy as sa
+    from sqlmodel import SQLModel
+
+    engine = app.extensions["waybill.engine"]
+    with engine.connect() as conn:
+        return {
+            name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            for name, table in SQLModel.metadata.tables.items()
+            if name not in ("api_key", "auth_session")  # touched by authentication itself
+        }

@@ -73,7 +73,9 @@ def my_orders() -> Any:
         )
     )
     rendered = render_orders(
-        db, orders, base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
+        db,
+        orders,
+        base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
         language=language_of(customer),
     )
     return jsonify(orders=[o.model_dump(mode="json") for o in rendered])
@@ -81,7 +83,9 @@ def my_orders() -> Any:
 
 @bp.get("/orders/<int:order_id>")
 @operation(
-    "One of the customer's orders", responses={200: OrderPublic}, security="session",
+    "One of the customer's orders",
+    responses={200: OrderPublic},
+    security="session",
     tag="customer",
 )
 def my_order(order_id: int) -> Any:
@@ -91,7 +95,9 @@ def my_order(order_id: int) -> Any:
     if order is None or order.customer_id != customer.id:
         raise not_found("order")
     rendered = render_order(
-        db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
+        db,
+        order,
+        base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
         language=language_of(customer),
     )
     return jsonify(rendered.model_dump(mode="json"))

@@ -23,8 +23,13 @@ from waybill.api.spec import operation, parse_body
 from waybill.api.views import render_order, render_orders
 from waybill.auth import merchant_keys
 from waybill.db import get_session
-from waybill.ingest import Conflict, add_shipment, create_order, record_order_event
-from waybill.ingest import record_shipment_event
+from waybill.ingest import (
+    Conflict,
+    add_shipment,
+    create_order,
+    record_order_event,
+    record_shipment_event,
+)
 from waybill.models import Merchant, Order, Shipment
 from waybill.tracking.statuses import ALL_STATUSES
 
@@ -40,7 +45,9 @@ def _authenticate() -> None:
         merchant = merchant_keys.authenticate(session=get_session(), key=key.strip())
     if merchant is None:
         raise ApiError(
-            401, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'",
+            401,
+            "unauthorized",
+            "send a valid API key as 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": 'Bearer realm="waybill"'},
         )
     g.merchant = merchant
@@ -74,7 +81,9 @@ def _commit() -> None:
         db.commit()
     except sa.exc.IntegrityError:
         db.rollback()
-        raise ApiError(409, "conflict", "a concurrent request changed this resource; retry") from None
+        raise ApiError(
+            409, "conflict", "a concurrent request changed this resource; retry"
+        ) from None
 
 
 _ORDER_RESPONSES: dict[int, Any] = {200: MerchantOrderPublic, 201: MerchantOrderPublic}
@@ -94,7 +103,9 @@ def post_order() -> Any:
         order, created = create_order(session=get_session(), merchant=_merchant(), data=data)
     except Conflict:
         raise ApiError(
-            409, "conflict", "an order with this external_id exists with a different body",
+            409,
+            "conflict",
+            "an order with this external_id exists with a different body",
             {"external_id": "already used for another order"},
         ) from None
     _commit()
@@ -102,9 +113,7 @@ def post_order() -> Any:
 
 
 @bp.get("/orders/<int:order_id>")
-@operation(
-    "One order", responses={200: MerchantOrderPublic}, security="merchant", tag="merchant"
-)
+@operation("One order", responses={200: MerchantOrderPublic}, security="merchant", tag="merchant")
 def get_order(order_id: int) -> Any:
     return _answer(_order(order_id), 200)
 
@@ -203,7 +212,9 @@ def post_shipment(order_id: int) -> Any:
     _commit()
     rendered = render_order(db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url)
     body = next(s for s in rendered.shipments if s.id == shipment.id)
-    return jsonify(ShipmentCreated(**body.model_dump(), order_id=order.id).model_dump(mode="json")), 201
+    return jsonify(
+        ShipmentCreated(**body.model_dump(), order_id=order.id).model_dump(mode="json")
+    ), 201
 
 
 @bp.post("/shipments/<int:shipment_id>/events")

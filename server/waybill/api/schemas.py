@@ -58,9 +58,9 @@ class CustomerIn(Strict):
 class ItemIn(Strict):
     name: Text200
     quantity: int = Field(ge=1, le=10_000)
-    image_url: Annotated[str, StringConstraints(pattern=r"^https://\S+$", max_length=2000)] | None = (
-        None
-    )
+    image_url: (
+        Annotated[str, StringConstraints(pattern=r"^https://\S+$", max_length=2000)] | None
+    ) = None
 
 
 class OrderCreate(Strict):

@@ -121,7 +121,9 @@ def render_orders(
         )
         if merchant_view:
             c = customers[order.customer_id]
-            out.append(MerchantOrderPublic(**fields, customer=CustomerPublic(email=c.email, name=c.name)))
+            out.append(
+                MerchantOrderPublic(**fields, customer=CustomerPublic(email=c.email, name=c.name))
+            )
         else:
             out.append(OrderPublic(**fields))
     return out

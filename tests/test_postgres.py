@@ -1,0 +1,68 @@
+"""The same spine on a real PostgreSQL: migrations, the API, and its constraints."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from tests.conftest import make_settings
+from tests.utils.factories import make_merchant, row_counts
+from waybill import create_app
+from waybill.db import migrate
+
+
+@pytest.fixture
+def pg_database(postgres_url: str) -> Iterator[str]:
+    """A fresh database of its own on the test server, dropped afterwards."""
+    name = f"waybill_{secrets.token_hex(6)}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {postgres_url} is not reachable: {exc.orig}")
+    url = sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_app(tmp_path, pg_database) -> Iterator[Flask]:
+    settings = make_settings(tmp_path, database_url=pg_database)
+    app = create_app(settings)
+    migrate(app.extensions["waybill.engine"])
+    yield app
+    app.extensions["waybill.engine"].dispose()
+
+
+def test_order_lifecycle_on_postgres(pg_app):
+    client = pg_app.test_client()
+    merchant = make_merchant(pg_app, client)
+    order = merchant.create_order(email="PG@Example.com")
+    shipment = merchant.add_shipment(order["id"])
+    merchant.scan(shipment["id"], "delivered", "2026-11-21T10:00:00+02:00", event_id="d1")
+    r = merchant.scan(shipment["id"], "in_transit", "2026-11-20T10:00:00Z")
+    body = r.get_json()
+    assert body["status"] == "delivered"
+    assert body["shipments"][0]["events"][-1]["occurred_at"] in (
+        "2026-11-21T08:00:00Z",
+        "2026-11-21T08:00:00+00:00",
+    )
+    before = row_counts(pg_app)
+    assert (
+        merchant.scan(
+            shipment["id"], "delivered", "2026-11-21T10:00:00Z", event_id="d1"
+        ).status_code
+        == 200
+    )
+    clash = merchant.post(
+        "/orders", {"external_id": order["external_id"], "customer": {"email": "other@example.com"}}
+    )
+    assert clash.status_code == 409
+    assert row_counts(pg_app) == before
