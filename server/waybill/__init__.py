@@ -41,6 +41,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         spec.bp, merchant.bp, customer.bp, track.bp, auth_routes.bp, pages.bp,
     ):
         app.register_blueprint(blueprint)
+    from waybill import security
+
+    security.init_app(app)  # last: headers and rate limits attach to every registered route
     return app
 
 
