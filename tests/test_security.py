@@ -41,8 +41,14 @@ def _assert_security_headers(response, *, hsts: bool = False) -> None:  # type: 
 def test_html_and_api_answers_carry_the_security_headers(client, merchant):
     order = merchant.create_order()
     token = order["tracking_url"].rsplit("/", 1)[1]
-    for path in ("/", f"/t/{token}", "/api/openapi.json", f"/api/track/{token}", "/api/me",
-                 "/no/such/page"):
+    for path in (
+        "/",
+        f"/t/{token}",
+        "/api/openapi.json",
+        f"/api/track/{token}",
+        "/api/me",
+        "/no/such/page",
+    ):
         _assert_security_headers(client.get(path))
     _assert_security_headers(merchant.get(f"/orders/{order['id']}"))
     _assert_security_headers(client.post("/auth/email", json={"email": "x@example.com"}))
@@ -60,8 +66,11 @@ def test_hsts_only_when_the_base_url_is_https(instance_dir):
 
 
 def test_cors_is_closed_even_for_a_preflight(client, merchant):
-    evil = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type"}
+    evil = {
+        "Origin": "https://evil.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
     for path in ("/api/v1/orders", "/api/me", "/api/me/orders", "/auth/code"):
         r = client.options(path, headers=evil)
         assert "Access-Control-Allow-Origin" not in r.headers
@@ -95,8 +104,9 @@ def test_sign_in_mails_are_limited_per_ip(client):
         assert r.status_code == 202
     _assert_429(client.post("/auth/email", json={"email": "fresh@example.com"}))
     # Another IP is not affected.
-    r = client.post("/auth/email", json={"email": "fresh@example.com"},
-                    environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    r = client.post(
+        "/auth/email", json={"email": "fresh@example.com"}, environ_base={"REMOTE_ADDR": "10.1.2.3"}
+    )
     assert r.status_code == 202
 
 

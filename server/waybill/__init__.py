@@ -42,7 +42,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     ):
         app.register_blueprint(blueprint)
     from waybill import security
+    from waybill.api import account
 
+    for blueprint in (account.bp,):  # sessions, OIDC, passkeys (issue 6)
+        app.register_blueprint(blueprint)
     security.init_app(app)  # last: headers and rate limits attach to every registered route
     return app
 

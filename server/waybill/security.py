@@ -200,19 +200,22 @@ def _limit_routes(app: Flask, limiter: Limiter, limits: dict[str, str]) -> None:
         wrapped = view
         if rule.rule == "/auth/email" and "POST" in methods:
             wrapped = limiter.limit(
-                limits["sign_in_email_per_address"], key_func=_email_of_request,
-                methods=["POST"], scope="address",
+                limits["sign_in_email_per_address"],
+                key_func=_email_of_request,
+                methods=["POST"],
+                scope="address",
             )(wrapped)
-            wrapped = limiter.limit(
-                limits["sign_in_email_per_ip"], methods=["POST"], scope="ip"
-            )(wrapped)
+            wrapped = limiter.limit(limits["sign_in_email_per_ip"], methods=["POST"], scope="ip")(
+                wrapped
+            )
         elif rule.rule == "/auth/code" and "POST" in methods:
             wrapped = limiter.limit(limits["sign_in_code_per_ip"], methods=["POST"])(wrapped)
         elif rule.rule.startswith("/auth/passkey") and "POST" in methods:
             wrapped = limiter.limit(limits["passkey_sign_in_per_ip"], methods=["POST"])(wrapped)
         elif rule.rule.startswith(("/api/track/<", "/t/<")):
             wrapped = limiter.shared_limit(
-                limits["tracking_wrong_token_per_ip"], scope=_TRACKING_SCOPE,
+                limits["tracking_wrong_token_per_ip"],
+                scope=_TRACKING_SCOPE,
                 deduct_when=_wrong_token,
             )(wrapped)
         if wrapped is not view:
@@ -225,9 +228,11 @@ def _check_socket_token(limiter: Limiter, limit_value: str) -> None:
     from waybill.db import get_session
 
     items = [parse_limit(part) for part in limit_value.split(";") if part.strip()]
-    args = [limiter._key_prefix, _client_ip(), _TRACKING_SCOPE] if limiter._key_prefix else [
-        _client_ip(), _TRACKING_SCOPE
-    ]
+    args = (
+        [limiter._key_prefix, _client_ip(), _TRACKING_SCOPE]
+        if limiter._key_prefix
+        else [_client_ip(), _TRACKING_SCOPE]
+    )
     strategy = limiter.limiter
     for item in items:
         if not strategy.test(item, *args):

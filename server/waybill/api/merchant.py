@@ -42,7 +42,9 @@ def _authenticate() -> None:
     scheme, _, key = header.partition(" ")
     merchant = None
     if scheme.lower() == "bearer" and key:
-        merchant = merchant_keys.authenticate(session=get_session(), key=key.strip())
+        db = get_session()
+        merchant = merchant_keys.authenticate(session=db, key=key.strip())
+        db.commit()  # keeps the key's last-used time (written at most once a minute)
     if merchant is None:
         raise ApiError(
             401,

@@ -28,6 +28,12 @@ def start(*, session: Session, customer: Customer, response: Response) -> AuthSe
     )
     session.add(auth)
     session.flush()
+    set_cookie(response, sid)
+    return auth
+
+
+def set_cookie(response: Response, sid: str) -> None:
+    """The cookie lives as long as the session may stay idle; each use pushes it further."""
     settings = current_app.config["WAYBILL_SETTINGS"]
     response.set_cookie(
         COOKIE,
@@ -38,7 +44,6 @@ def start(*, session: Session, customer: Customer, response: Response) -> AuthSe
         secure=settings.secure_cookies,
         path="/",
     )
-    return auth
 
 
 def current() -> AuthSession | None:
@@ -56,6 +61,7 @@ def current() -> AuthSession | None:
                 auth.last_seen_at = now
                 db.add(auth)
                 db.commit()
+                g.session_seen_sid = sid  # the cookie's lifetime slides too (see api/account.py)
             g.auth_session = auth
     return g.auth_session  # type: ignore[no-any-return]
 

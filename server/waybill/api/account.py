@@ -1,0 +1,164 @@
+"""The customer's signed-in browsers: list them, sign one out, or sign out everywhere."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, make_response, request
+from pydantic import AwareDatetime, BaseModel
+from sqlmodel import select
+
+from waybill.api.errors import ApiError, not_found
+from waybill.api.spec import operation
+from waybill.auth import sessions
+from waybill.db import get_session
+from waybill.models import AuthSession, utcnow
+
+bp = Blueprint("account_api", __name__, url_prefix="/api/me/sessions")
+MAX_ID = 2**63 - 1
+
+
+class SessionPublic(BaseModel):
+    id: int
+    device: str  # "Chrome on Android", from the browser's user agent
+    created_at: AwareDatetime
+    last_seen_at: AwareDatetime
+    current: bool  # the browser asking
+
+
+class SessionList(BaseModel):
+    """The customer's signed-in browsers, most recently seen first."""
+
+    sessions: list[SessionPublic]
+
+
+@bp.before_request
+def _signed_in() -> None:
+    if sessions.current() is None:
+        raise ApiError(401, "unauthorized", "sign in first")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok():
+        raise ApiError(403, "csrf", "send the csrf_token from GET /api/me as X-CSRF-Token")
+
+
+@bp.after_app_request
+def _slide_cookie(response: Response) -> Response:
+    """A session used within 30 days stays: its cookie's lifetime is renewed on use."""
+    sid = g.get("session_seen_sid")
+    if sid and g.get("auth_session") is not None and not _sets_session_cookie(response):
+        sessions.set_cookie(response, sid)
+    return response
+
+
+def _sets_session_cookie(response: Response) -> bool:
+    return any(v.startswith(sessions.COOKIE + "=") for v in response.headers.getlist("Set-Cookie"))
+
+
+def device_label(user_agent: str | None) -> str:
+    """A name a person recognises ("Safari on iPhone"), not the raw user-agent string."""
+    ua = user_agent or ""
+    if "Edg/" in ua:
+        browser = "Edge"
+    elif "Firefox/" in ua or "FxiOS" in ua:
+        browser = "Firefox"
+    elif "Chrome/" in ua or "CriOS" in ua or "Chromium/" in ua:
+        browser = "Chrome"
+    elif "Safari/" in ua:
+        browser = "Safari"
+    else:
+        browser = ""
+    for marker, system in (
+        ("iPhone", "iPhone"),
+        ("iPad", "iPad"),
+        ("Android", "Android"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "Mac"),
+        ("CrOS", "ChromeOS"),
+        ("Linux", "Linux"),
+    ):
+        if marker in ua:
+            return f"{browser} on {system}" if browser else system
+    return browser or "Unknown device"
+
+
+def _active(customer_id: int) -> list[AuthSession]:
+    since: datetime = utcnow() - sessions.IDLE_EXPIRY
+    return list(
+        get_session().exec(
+            select(AuthSession)
+            .where(AuthSession.customer_id == customer_id)
+            .where(AuthSession.revoked_at.is_(None))  # type: ignore[union-attr]
+            .where(AuthSession.last_seen_at > since)
+            .order_by(AuthSession.last_seen_at.desc(), AuthSession.id.desc())  # type: ignore[attr-defined,union-attr]
+        )
+    )
+
+
+def _me() -> AuthSession:
+    auth = sessions.current()
+    if auth is None:
+        raise ApiError(401, "unauthorized", "sign in first")
+    return auth
+
+
+@bp.get("")
+@operation(
+    "The customer's signed-in browsers",
+    responses={200: SessionList},
+    security="session",
+    tag="customer",
+)
+def list_sessions() -> Any:
+    me = _me()
+    body = SessionList(
+        sessions=[
+            SessionPublic(
+                id=s.id,  # type: ignore[arg-type]
+                device=device_label(s.user_agent),
+                created_at=s.created_at,
+                last_seen_at=s.last_seen_at,
+                current=s.id == me.id,
+            )
+            for s in _active(me.customer_id)
+        ]
+    )
+    return jsonify(body.model_dump(mode="json"))
+
+
+@bp.delete("/<int:session_id>")
+@operation("Sign one browser out", responses={204: None}, security="session", tag="customer")
+def revoke_session(session_id: int) -> Any:
+    me = _me()
+    target = next((s for s in _active(me.customer_id) if s.id == session_id), None)
+    if target is None or session_id > MAX_ID:
+        raise not_found("session")
+    target.revoked_at = utcnow()
+    db = get_session()
+    db.add(target)
+    db.commit()
+    response = make_response("", 204)
+    if target.id == me.id:
+        g.auth_session = None
+        sessions.clear_cookie(response)
+    return response
+
+
+@bp.delete("")
+@operation(
+    "Sign out everywhere, this browser too",
+    responses={204: None},
+    security="session",
+    tag="customer",
+)
+def revoke_all_sessions() -> Any:
+    me = _me()
+    now = utcnow()
+    db = get_session()
+    for s in _active(me.customer_id):
+        s.revoked_at = now
+        db.add(s)
+    db.commit()
+    g.auth_session = None
+    response = make_response("", 204)
+    sessions.clear_cookie(response)
+    return response
