@@ -1,0 +1,150 @@
+"""A live Waybill on 127.0.0.1 (its own migrated SQLite), the system Chromium, and helpers.
+
+Browser tests skip, saying why, when /usr/bin/chromium is missing. Tools injected into pages
+(axe-core) come from tests/js/node_modules, installed by ``make test`` through ``npm ci``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from tests.conftest import make_settings
+from tests.utils.factories import AuthActions, MerchantActions, make_merchant
+from waybill import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PHONE = {"width": 360, "height": 740}
+AXE = Path(__file__).resolve().parents[1] / "js" / "node_modules" / "axe-core" / "axe.min.js"
+
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """The real app served over real sockets, and a merchant that feeds it through the API."""
+
+    url: str
+    app: Flask
+    merchant: MerchantActions
+    auth: AuthActions
+
+    def order_in_transit(self, email: str = "shopper@example.com", **fields: Any) -> dict[str, Any]:
+        """An order with one shipment scanned in transit: what a customer usually opens."""
+        order = self.merchant.create_order(
+            email=email,
+            items=[{"name": "Trail running shoes", "quantity": 1}, {"name": "Socks", "quantity": 2}],
+            **fields,
+        )
+        shipment = self.merchant.add_shipment(order["id"], carrier="DHL")
+        r = self.merchant.scan(
+            shipment["id"], "in_transit", "2026-11-25T09:30:00+00:00", location="Leipzig hub"
+        )
+        assert r.status_code == 201, r.get_json()
+        return {**r.get_json(), "shipment_id": shipment["id"]}
+
+    @property
+    def has_socket(self) -> bool:
+        return any(rule.rule == "/ws" for rule in self.app.url_map.iter_rules())
+
+    def token_of(self, order: dict[str, Any]) -> str:
+        return str(order["tracking_url"]).rsplit("/", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory, migrated_template: Path) -> Iterator[LiveServer]:
+    instance = tmp_path_factory.mktemp("live")
+    shutil.copy(migrated_template, instance / "waybill.db")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = make_settings(
+        instance,
+        base_url=url,
+        extra={"rate_limits": {"tracking_wrong_token_per_ip": "1000/minute"}},
+    )
+    app = create_app(settings)
+    server: BaseWSGIServer = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    client = app.test_client()
+    try:
+        yield LiveServer(url=url, app=app, merchant=make_merchant(app, client),
+                         auth=AuthActions(app, client))
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        app.extensions["waybill.broker"].close()
+        app.extensions["waybill.engine"].dispose()
+
+
+@pytest.fixture(scope="session")
+def playwright_instance() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: `make test` installs Debian's chromium when run as root")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance: Any) -> Iterator[Any]:
+    b = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def phone(browser: Any) -> Iterator[Any]:
+    """A fresh phone-sized context (its own cookies, caches and service workers)."""
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True,
+                                  has_touch=True, locale="en-GB", timezone_id="Europe/Berlin")
+    yield context
+    context.close()
+
+
+def sign_in(context: Any, server: LiveServer, email: str) -> None:
+    """Sign in the way the emailed link does: open it, press the button."""
+    page = context.new_page()
+    page.goto(f"{server.url}/auth/link/{server.auth.login_link(email)}")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{server.url}/")
+    page.close()
+
+
+def axe_violations(page: Any) -> list[dict[str, Any]]:
+    """Serious and critical axe-core findings on the page as it is now."""
+    if not AXE.exists():
+        pytest.skip("axe-core is not installed: run `npm ci` in tests/js (make test does)")
+    # Injected through evaluate, not a <script> tag: the strict CSP forbids inline scripts.
+    page.evaluate(AXE.read_text())
+    result = page.evaluate("async () => (await axe.run(document)).violations")
+    return [
+        {"id": v["id"], "impact": v["impact"], "help": v["help"],
+         "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in result
+        if v["impact"] in ("serious", "critical")
+    ]

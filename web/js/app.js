@@ -1,0 +1,170 @@
+// The one controller: picks the view for the URL, owns the live connection, the service worker,
+// the install button and the "Reload to update" offer.
+import { me } from './api.js';
+import { h } from './dom.js';
+import { preferredLanguage, setLanguage, t } from './i18n.js';
+import { Live } from './live.js';
+
+const ROUTES = [
+  [/^\/t\/([^/]+)\/?$/, 'track', (m) => ({ token: decodeURIComponent(m[1]) })],
+  [/^\/orders\/(\d+)\/?$/, 'track', (m) => ({ orderId: Number(m[1]) })],
+  [/^\/settings\/?$/, 'settings', () => ({})],
+  [/^\/sign-in\/?$/, 'sign-in', () => ({})],
+  [/^\/$/, 'home', () => ({})],
+];
+
+export class App {
+  constructor(doc) {
+    this.doc = doc;
+    this.main = doc.getElementById('main');
+    this.liveBadge = doc.getElementById('live');
+    this.announcer = h('p', { class: 'visually-hidden', role: 'status', 'aria-live': 'polite', id: 'announce' });
+    doc.body.append(this.announcer);
+    this.live = null;
+    this.customer = null;
+    this.cleanups = [];
+  }
+
+  async start() {
+    await setLanguage(preferredLanguage());
+    this.translateShell();
+    this.registerWorker();
+    this.offerInstall();
+    await this.route();
+  }
+
+  translateShell() {
+    const d = this.doc;
+    d.querySelector('.skip').textContent = t('app.skip');
+    d.getElementById('install').textContent = t('app.install');
+    d.getElementById('nav-settings').textContent = t('app.settings');
+  }
+
+  async route() {
+    const path = location.pathname;
+    let name = 'home';
+    let params = {};
+    for (const [re, view, read] of ROUTES) {
+      const m = re.exec(path);
+      if (m) { name = view; params = read(m); break; }
+    }
+    if (name !== 'track' || params.orderId) {
+      this.customer = await me().catch(() => null);
+      if (!this.customer && name !== 'sign-in') return this.go('/sign-in', { replace: true });
+      if (this.customer && name === 'sign-in') return this.go('/', { replace: true });
+    }
+    this.doc.getElementById('nav-settings').hidden = !this.customer || name === 'settings';
+    const view = await import(`./views/${name}.js`);
+    this.main.dataset.view = name;
+    await view.render(this, params);
+  }
+
+  /** Move to another screen: a full load where the session changed, else in place. */
+  go(path, { replace = false, reload = false } = {}) {
+    if (reload) { location.assign(path); return; }
+    history[replace ? 'replaceState' : 'pushState']({}, '', path);
+    this.teardown();
+    this.route();
+  }
+
+  teardown() {
+    this.live?.stop();
+    this.live = null;
+    this.refresh = null;
+    for (const undo of this.cleanups.splice(0)) undo();
+  }
+
+  listen(target, type, fn, options) {
+    target.addEventListener(type, fn, options);
+    this.cleanups.push(() => target.removeEventListener(type, fn, options));
+  }
+
+  show(...nodes) {
+    this.main.replaceChildren(...nodes);
+    this.main.setAttribute('aria-busy', 'false');
+  }
+
+  announce(text) {
+    this.announcer.textContent = text;
+  }
+
+  startLive(query, cursor, onOrder) {
+    this.live?.stop();
+    const live = new Live(query);
+    live.seen(cursor);
+    live.addEventListener('order', (e) => onOrder(e.detail));
+    live.addEventListener('state', (e) => this.showLiveState(e.detail));
+    this.live = live.start();
+    this.showLiveState(live.state);
+  }
+
+  showLiveState(state) {
+    this.liveBadge.hidden = false;
+    this.liveBadge.dataset.state = state;
+    this.liveBadge.textContent = t(`live.${state}`);
+  }
+
+  registerWorker() {
+    if (!('serviceWorker' in navigator)) return;
+    const hadController = Boolean(navigator.serviceWorker.controller);
+    navigator.serviceWorker.register('/sw.js', { scope: '/' }).then((reg) => {
+      if (reg.waiting && navigator.serviceWorker.controller) this.offerUpdate(reg.waiting);
+      reg.addEventListener('updatefound', () => {
+        const next = reg.installing;
+        next?.addEventListener('statechange', () => {
+          if (next.state === 'installed' && navigator.serviceWorker.controller) this.offerUpdate(next);
+        });
+      });
+    }).catch(() => {});
+    let reloading = false;
+    navigator.serviceWorker.addEventListener('controllerchange', () => {
+      // First install: fetch again through the worker so an offline visit has this answer.
+      if (!hadController) { this.refresh?.(); return; }
+      if (!reloading) { reloading = true; location.reload(); }
+    });
+    // Links inside the app change screens in place; the worker keeps working offline.
+    this.doc.addEventListener('click', (event) => {
+      const a = event.target.closest?.('a[href^="/"]');
+      if (!a || a.target || event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+      const url = new URL(a.href);
+      if (!ROUTES.some(([re]) => re.test(url.pathname))) return;
+      event.preventDefault();
+      this.go(url.pathname + url.search);
+    });
+    addEventListener('popstate', () => { this.teardown(); this.route(); });
+  }
+
+  offerUpdate(worker) {
+    const bar = this.doc.getElementById('update');
+    const button = h('button', { type: 'button', text: t('app.reload') });
+    button.addEventListener('click', () => worker.postMessage({ type: 'skip-waiting' }));
+    bar.replaceChildren(h('span', { text: t('app.update') }), button);
+    bar.hidden = false;
+  }
+
+  offerInstall() {
+    const button = this.doc.getElementById('install');
+    addEventListener('beforeinstallprompt', (event) => {
+      event.preventDefault();
+      this.installPrompt = event;
+      button.hidden = false;
+    });
+    button.addEventListener('click', async () => {
+      const prompt = this.installPrompt;
+      if (!prompt) return;
+      this.installPrompt = null;
+      button.hidden = true;
+      await prompt.prompt();
+    });
+    addEventListener('appinstalled', () => { button.hidden = true; });
+    // iOS Safari has no install prompt; push there needs the Home Screen app.
+    const ios = /iphone|ipad|ipod/i.test(navigator.userAgent) && !navigator.standalone;
+    if (ios && !localStorage.getItem('waybill.iosHint')) {
+      const hint = this.doc.getElementById('ios-hint');
+      const close = h('button', { type: 'button', class: 'ghost', text: t('app.dismiss') });
+      close.addEventListener('click', () => { hint.hidden = true; localStorage.setItem('waybill.iosHint', '1'); });
+      hint.replaceChildren(h('span', { text: t('app.iosHint') }), close);
+      hint.hidden = false;
+    }
+  }
+}

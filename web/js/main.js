@@ -1,0 +1,4 @@
+// Entry: start the one controller.
+import { App } from './app.js';
+
+new App(document).start();

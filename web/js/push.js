@@ -1,0 +1,45 @@
+// Web Push from the page: ask permission after a tap, subscribe with the server's VAPID key,
+// and tell the server (for one order, or for the signed-in customer's account).
+import { get, request } from './api.js';
+
+export function pushSupported() {
+  return 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
+}
+
+function keyBytes(base64url) {
+  const padded = base64url.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (base64url.length % 4)) % 4);
+  return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+}
+
+/** The current subscription of this browser, or null. */
+export async function currentSubscription() {
+  if (!pushSupported()) return null;
+  const reg = await navigator.serviceWorker.ready;
+  return reg.pushManager.getSubscription();
+}
+
+/**
+ * Subscribe and register at `target` ('/api/track/<token>/push-subscriptions' or
+ * '/api/me/push-subscriptions'); the service worker remembers the target to renew it.
+ */
+export async function subscribe(target) {
+  if (!pushSupported()) throw new Error('unsupported');
+  const permission = await Notification.requestPermission();
+  if (permission !== 'granted') throw new Error('denied');
+  const reg = await navigator.serviceWorker.ready;
+  let sub = await reg.pushManager.getSubscription();
+  if (!sub) {
+    const { data } = await get('/api/push/public-key');
+    sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(data.public_key) });
+  }
+  await request('POST', target, sub.toJSON());
+  reg.active?.postMessage({ type: 'push-target', target });
+  return sub;
+}
+
+export async function unsubscribe(target) {
+  const sub = await currentSubscription();
+  if (!sub) return;
+  await request('DELETE', target, sub.toJSON()).catch(() => {});
+  await sub.unsubscribe();
+}

@@ -1,0 +1,135 @@
+// Settings: notification preferences (the contract's whole-object PUT), push devices, sign out.
+import { ApiError, get, request } from '../api.js';
+import { h } from '../dom.js';
+import { LANGUAGES, language, saveLanguage, statusLabel, t } from '../i18n.js';
+import { currentSubscription, pushSupported, subscribe, unsubscribe } from '../push.js';
+
+const STATUSES = ['confirmed', 'processing', 'shipped', 'in_transit', 'out_for_delivery', 'delivered',
+  'attempted', 'available_for_pickup', 'exception', 'returned', 'cancelled'];
+const ON_BY_DEFAULT = new Set(['shipped', 'out_for_delivery', 'delivered', 'attempted', 'available_for_pickup',
+  'exception', 'returned', 'cancelled']);
+const browserZone = () => Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+
+export function defaults() {
+  return {
+    channels: { push: true, email: true },
+    statuses: Object.fromEntries(STATUSES.map((s) => [s, ON_BY_DEFAULT.has(s)])),
+    quiet_hours: null,
+    timezone: browserZone(),
+    language: language(),
+  };
+}
+
+function toggle(id, text, checked) {
+  return h('label', { class: 'switch', for: id }, h('span', { text }),
+    h('input', { type: 'checkbox', role: 'switch', id, checked }));
+}
+
+async function devices(app) {
+  const state = h('span', { class: 'muted' });
+  const button = h('button', { type: 'button', id: 'push-device' });
+  const target = '/api/me/push-subscriptions';
+  const update = async () => {
+    const sub = await currentSubscription().catch(() => null);
+    state.textContent = sub ? t('settings.pushOn') : t('settings.pushOff');
+    button.textContent = sub ? t('settings.disablePush') : t('settings.enablePush');
+    button.dataset.on = sub ? '1' : '';
+  };
+  const note = h('p', { class: 'small', role: 'status' });
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    note.textContent = '';
+    try {
+      if (button.dataset.on) await unsubscribe(target); else await subscribe(target);
+    } catch (err) {
+      note.textContent = err.message === 'denied' ? t('notify.denied') : t('notify.failed');
+    }
+    button.disabled = false;
+    await update();
+  });
+  if (!pushSupported()) {
+    button.hidden = true;
+    state.textContent = t('notify.unsupported');
+  } else {
+    update();
+  }
+  return h('fieldset', {}, h('legend', { text: t('settings.devices') }),
+    h('ul', { class: 'devices' }, h('li', {}, h('strong', { text: `${t('settings.thisDevice')}: ` }), state)),
+    button, note);
+}
+
+export async function render(app) {
+  document.title = `${t('settings.title')} · Waybill`;
+  const who = app.customer;
+  if (!who) return app.go('/sign-in');
+  let prefs = defaults();
+  const status = h('p', { role: 'status', class: 'small' });
+  try {
+    const { data } = await get('/api/me/preferences');
+    prefs = { ...prefs, ...data };
+    // The server keeps UTC until the app sends the browser's zone.
+    if (!prefs.timezone || prefs.timezone === 'UTC') prefs.timezone = browserZone();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return app.go('/sign-in');
+    status.textContent = t('settings.loadFailed');
+  }
+
+  const zones = (Intl.supportedValuesOf ? Intl.supportedValuesOf('timeZone') : [browserZone()]);
+  if (!zones.includes(prefs.timezone)) zones.unshift(prefs.timezone);
+  const quiet = prefs.quiet_hours;
+  const form = h('form', { id: 'preferences', novalidate: true },
+    h('fieldset', {}, h('legend', { text: t('settings.channels') }),
+      toggle('ch-push', t('settings.push'), prefs.channels.push),
+      toggle('ch-email', t('settings.email'), prefs.channels.email)),
+    h('fieldset', {}, h('legend', { text: t('settings.statuses') }),
+      STATUSES.map((s) => toggle(`st-${s}`, statusLabel(s), Boolean(prefs.statuses[s])))),
+    h('fieldset', {}, h('legend', { text: t('settings.quiet') }),
+      toggle('quiet-on', t('settings.quietOn'), Boolean(quiet)),
+      h('div', { class: 'row' },
+        h('div', { class: 'field' }, h('label', { for: 'quiet-start', text: t('settings.quietStart') }),
+          h('input', { type: 'time', id: 'quiet-start', value: quiet?.start || '22:00' })),
+        h('div', { class: 'field' }, h('label', { for: 'quiet-end', text: t('settings.quietEnd') }),
+          h('input', { type: 'time', id: 'quiet-end', value: quiet?.end || '07:00' })))),
+    h('div', { class: 'field' }, h('label', { for: 'timezone', text: t('settings.timezone') }),
+      h('select', { id: 'timezone' }, zones.map((z) => h('option', { value: z, selected: z === prefs.timezone, text: z })))),
+    h('div', { class: 'field' }, h('label', { for: 'language', text: t('settings.language') }),
+      h('select', { id: 'language' }, Object.entries(LANGUAGES).map(([code, name]) =>
+        h('option', { value: code, selected: code === prefs.language, lang: code, text: name })))),
+    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', text: t('settings.save') })),
+    status);
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const value = (id) => form.querySelector(`#${id}`);
+    const body = {
+      channels: { push: value('ch-push').checked, email: value('ch-email').checked },
+      statuses: Object.fromEntries(STATUSES.map((s) => [s, value(`st-${s}`).checked])),
+      quiet_hours: value('quiet-on').checked ? { start: value('quiet-start').value, end: value('quiet-end').value } : null,
+      timezone: value('timezone').value,
+      language: value('language').value,
+    };
+    try {
+      await request('PUT', '/api/me/preferences', body);
+      if (body.language !== language()) await saveLanguage(body.language);
+      status.textContent = t('settings.saved');
+    } catch {
+      status.textContent = t('settings.saveFailed');
+    }
+  });
+
+  const signOut = h('button', { type: 'button', id: 'sign-out', text: t('settings.signOut') });
+  signOut.addEventListener('click', async () => {
+    await request('POST', '/auth/logout').catch(() => {});
+    app.go('/sign-in', { reload: true });
+  });
+
+  app.show(h('div', {},
+    h('h1', { text: t('settings.title') }),
+    form,
+    await devices(app),
+    h('fieldset', {}, h('legend', { text: t('settings.account') }),
+      h('p', { text: t('settings.signedInAs', { email: who.email }) }),
+      // Issue 6 mounts passkey management here.
+      h('div', { id: 'settings-security' }),
+      signOut)));
+}

@@ -1,0 +1,68 @@
+// The tracking page /t/<token> (no account) and the order detail /orders/<id> (signed in).
+import { ApiError, get } from '../api.js';
+import { h } from '../dom.js';
+import { statusLabel, t } from '../i18n.js';
+import { pushSupported, subscribe } from '../push.js';
+import { renderOrder } from './order-view.js';
+
+function notifyButton(token) {
+  const note = h('p', { class: 'small muted', role: 'status' });
+  const button = h('button', { type: 'button', class: 'primary', id: 'notify-me', text: t('notify.button') });
+  button.addEventListener('click', async () => {
+    if (!pushSupported()) { note.textContent = t('notify.unsupported'); return; }
+    button.disabled = true;
+    try {
+      await subscribe(`/api/track/${encodeURIComponent(token)}/push-subscriptions`);
+      localStorage.setItem(`waybill.notify.${token}`, '1');
+      button.hidden = true;
+      note.textContent = t('notify.on');
+    } catch (err) {
+      note.textContent = err.message === 'denied' ? t('notify.denied') : t('notify.failed');
+      button.disabled = false;
+    }
+  });
+  if (localStorage.getItem(`waybill.notify.${token}`)) {
+    button.hidden = true;
+    note.textContent = t('notify.on');
+  }
+  return h('div', { class: 'actions', id: 'notify' }, button, note);
+}
+
+export async function render(app, { token, orderId }) {
+  const path = token ? `/api/track/${encodeURIComponent(token)}` : `/api/me/orders/${orderId}`;
+  let current = null;
+
+  const draw = (order, storedAt) => {
+    const extra = token
+      ? [notifyButton(token), h('p', {}, h('a', { href: '/sign-in', text: t('order.signIn') }))]
+      : [h('p', {}, h('a', { href: '/', text: t('order.back') }))];
+    app.show(renderOrder(order, { storedAt, extra }));
+    document.title = `${statusLabel(order.status)} · ${order.merchant.name} · Waybill`;
+  };
+
+  const load = async () => {
+    try {
+      const { data, storedAt } = await get(path);
+      current = data;
+      draw(data, storedAt);
+      app.live?.seen(data.cursor);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401 && !token) return app.go('/sign-in');
+      const missing = err instanceof ApiError && err.status === 404;
+      app.show(h('section', { class: 'card' },
+        h('h1', { text: missing ? t('order.notFound') : t('order.loadFailed') }),
+        missing ? null : h('button', { type: 'button', onclick: load, text: t('order.retry') })));
+    }
+  };
+
+  await load();
+  if (!current) return;
+  app.startLive(token ? `?track=${encodeURIComponent(token)}` : '', current.cursor, (order) => {
+    if (order.id !== current.id) return;
+    const changed = order.status !== current.status;
+    current = order;
+    draw(order, null);
+    if (changed) app.announce(t('order.changed', { status: statusLabel(order.status) }));
+  });
+  app.refresh = load;
+}

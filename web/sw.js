@@ -1,0 +1,143 @@
+// Waybill's service worker. The server stamps VERSION and ASSETS (every versioned file) in.
+const VERSION = '__VERSION__';
+const ASSETS = "__ASSETS__";
+const SHELL = `waybill-shell-${VERSION}`;
+const API = 'waybill-api'; // last answers, kept across versions; cleared when the session changes
+const META = 'waybill-meta'; // where this browser's push subscription is registered
+const EXPECTED = [SHELL, API, META];
+const APP_PAGE = /^\/($|t\/[^/]+\/?$|orders\/\d+\/?$|settings\/?$|sign-in\/?$)/;
+
+self.addEventListener('install', (event) => {
+  event.waitUntil((async () => {
+    const cache = await caches.open(SHELL);
+    await cache.addAll(['/', ...ASSETS, '/manifest.json', '/icons/icon-192.png']);
+    // The first version takes over at once; later ones wait for "Reload to update".
+    if (!self.registration.active) await self.skipWaiting();
+  })());
+});
+
+self.addEventListener('activate', (event) => {
+  event.waitUntil((async () => {
+    for (const name of await caches.keys()) {
+      if (!EXPECTED.includes(name)) await caches.delete(name);
+    }
+    await self.clients.claim();
+  })());
+});
+
+self.addEventListener('message', (event) => {
+  const msg = event.data || {};
+  if (msg.type === 'skip-waiting') self.skipWaiting();
+  if (msg.type === 'push-target') event.waitUntil(rememberTarget(msg.target));
+});
+
+self.addEventListener('fetch', (event) => {
+  const request = event.request;
+  const url = new URL(request.url);
+  if (url.origin !== self.location.origin) return;
+  if (request.method !== 'GET') {
+    // Signing in or out changes whose answers may be shown offline.
+    if (url.pathname.startsWith('/auth/')) event.waitUntil(forgetCustomer());
+    return;
+  }
+  if (url.pathname.startsWith('/api/track/') || url.pathname.startsWith('/api/me')) {
+    event.respondWith(networkFirst(request));
+  } else if (request.mode === 'navigate' && APP_PAGE.test(url.pathname)) {
+    event.respondWith(fetch(request).catch(async () => (await caches.match('/', { cacheName: SHELL })) || Response.error()));
+  } else if (url.pathname.startsWith('/assets/') || url.pathname.startsWith('/icons/') || url.pathname === '/manifest.json') {
+    event.respondWith(caches.match(request, { cacheName: SHELL }).then((hit) => hit || fetch(request)));
+  }
+});
+
+/** Order status must be fresh: the network first, the last answer when offline. */
+async function networkFirst(request) {
+  const cache = await caches.open(API);
+  try {
+    const response = await fetch(request);
+    if (response.ok) {
+      const headers = new Headers(response.headers);
+      headers.set('X-Waybill-Stored-At', String(Date.now()));
+      const body = await response.clone().arrayBuffer();
+      await cache.put(request, new Response(body, { status: response.status, headers }));
+    } else if (response.status === 401) {
+      await forgetCustomer();
+    }
+    return response;
+  } catch (err) {
+    const hit = await cache.match(request);
+    if (hit) return hit;
+    throw err;
+  }
+}
+
+async function forgetCustomer() {
+  const cache = await caches.open(API);
+  for (const request of await cache.keys()) {
+    if (new URL(request.url).pathname.startsWith('/api/me')) await cache.delete(request);
+  }
+}
+
+async function rememberTarget(target) {
+  const cache = await caches.open(META);
+  const targets = new Set(await readTargets());
+  targets.add(target);
+  await cache.put('/__push-targets', new Response(JSON.stringify([...targets])));
+}
+
+async function readTargets() {
+  const hit = await (await caches.open(META)).match('/__push-targets');
+  return hit ? hit.json() : [];
+}
+
+self.addEventListener('push', (event) => {
+  let data;
+  try {
+    data = event.data ? event.data.json() : {};
+  } catch {
+    data = { title: 'Waybill', body: event.data.text() };
+  }
+  event.waitUntil(self.registration.showNotification(data.title || 'Waybill', {
+    body: data.body || '',
+    tag: data.tag,
+    renotify: Boolean(data.tag),
+    icon: '/icons/icon-192.png',
+    badge: '/icons/icon-192.png',
+    lang: data.lang,
+    data: { url: data.url || '/', orderId: data.order_id },
+  }));
+});
+
+self.addEventListener('notificationclick', (event) => {
+  event.notification.close();
+  const target = new URL(event.notification.data?.url || '/', self.location.origin);
+  event.waitUntil((async () => {
+    const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
+    const same = windows.find((w) => new URL(w.url).pathname === target.pathname);
+    if (same) return same.focus();
+    return self.clients.openWindow(target.href);
+  })());
+});
+
+self.addEventListener('pushsubscriptionchange', (event) => {
+  event.waitUntil((async () => {
+    let sub = event.newSubscription;
+    if (!sub) {
+      const options = event.oldSubscription?.options;
+      let key = options?.applicationServerKey;
+      if (!key) key = (await (await fetch('/api/push/public-key')).json()).public_key;
+      sub = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    }
+    for (const target of await readTargets()) {
+      const headers = { 'Content-Type': 'application/json' };
+      if (target.startsWith('/api/me/')) {
+        const me = await fetch('/api/me', { credentials: 'same-origin' });
+        if (!me.ok) continue;
+        headers['X-CSRF-Token'] = (await me.json()).csrf_token;
+      }
+      if (event.oldSubscription) {
+        await fetch(target, { method: 'DELETE', headers, credentials: 'same-origin', body: JSON.stringify(event.oldSubscription.toJSON()) }).catch(() => {});
+      }
+      await fetch(target, { method: 'POST', headers, credentials: 'same-origin', body: JSON.stringify(sub.toJSON()) });
+    }
+  })());
+});
