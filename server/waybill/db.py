@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def create_engine(settings: Settings) -> Engine:
@@ -30,15 +31,22 @@ def create_engine(settings: Settings) -> Engine:
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; take control so writes serialise.
-        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        sa.event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     return engine
 
 
+def _sqlite_begin(conn: sa.Connection) -> None:
+    """Writers take the lock up front (BEGIN IMMEDIATE), so a read never has to upgrade to a
+    write mid-transaction and fail with SQLITE_BUSY; readers begin deferred and run alongside
+    writers in WAL mode."""
+    mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    dbapi_conn.isolation_level = None  # let the "begin" listener issue BEGIN IMMEDIATE
+    dbapi_conn.isolation_level = None  # let the "begin" listener issue BEGIN
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -87,8 +95,27 @@ def get_engine() -> Engine:
 def get_session() -> Session:
     """The request's session, opened on first use and closed in teardown."""
     if "db" not in g:
-        g.db = Session(get_engine(), expire_on_commit=False)
+        engine = get_engine()
+        if request.method in _SAFE_METHODS:
+            engine = read_engine(engine)
+        g.db = Session(engine, expire_on_commit=False)
     return g.db  # type: ignore[no-any-return]
+
+
+def read_engine(engine: Engine) -> Engine:
+    """The same engine, beginning SQLite transactions deferred: for work that only reads."""
+    return engine.execution_options(sqlite_begin="DEFERRED")
+
+
+def touch(statement: sa.Executable) -> None:
+    """A small bookkeeping write (last used, last seen). A read-only request runs it in a
+    transaction of its own, so its read transaction never has to upgrade to a write; a
+    writing request already holds the lock and runs it in its own transaction."""
+    if request.method in _SAFE_METHODS:
+        with get_engine().begin() as conn:
+            conn.execute(statement)
+    else:
+        get_session().execute(statement)
 
 
 def _close_session(exc: BaseException | None) -> None:

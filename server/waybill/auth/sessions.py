@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import sqlalchemy as sa
 from flask import Response, current_app, g, request
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from waybill.auth.tokens import digest, new_token, same
-from waybill.db import get_session
+from waybill.db import get_session, touch
 from waybill.models import AuthSession, Customer, utcnow
 
 COOKIE = "waybill_session"
@@ -58,9 +60,10 @@ def current() -> AuthSession | None:
         now = utcnow()
         if auth and auth.revoked_at is None and now - auth.last_seen_at < IDLE_EXPIRY:
             if now - auth.last_seen_at > _SEEN_RESOLUTION:
-                auth.last_seen_at = now
-                db.add(auth)
-                db.commit()
+                set_committed_value(auth, "last_seen_at", now)  # written by touch, not flushed
+                touch(
+                    sa.update(AuthSession).where(AuthSession.id == auth.id).values(last_seen_at=now)
+                )
                 g.session_seen_sid = sid  # the cookie's lifetime slides too (see api/account.py)
             g.auth_session = auth
     return g.auth_session  # type: ignore[no-any-return]
