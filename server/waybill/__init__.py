@@ -43,9 +43,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     from waybill import security
     from waybill.api import account
+    from waybill.auth import oidc
 
-    for blueprint in (account.bp,):  # sessions, OIDC, passkeys (issue 6)
+    for blueprint in (account.bp, oidc.bp):  # sessions, OIDC, passkeys (issue 6)
         app.register_blueprint(blueprint)
+    oidc.init_app(app)
     security.init_app(app)  # last: headers and rate limits attach to every registered route
     return app
 
