@@ -48,6 +48,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (account.bp, oidc.bp):  # sessions, OIDC, passkeys (issue 6)
         app.register_blueprint(blueprint)
     oidc.init_app(app)
+    from waybill import notify
+
+    notify.init_app(app)  # preferences, push subscriptions, the outbox worker (issue 5)
     security.init_app(app)  # last: headers and rate limits attach to every registered route
     return app
 

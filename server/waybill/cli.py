@@ -57,6 +57,10 @@ def init() -> None:
     engine = _engine(settings)
     migrate(engine)
     click.echo(f"database ready: {engine.url.render_as_string(hide_password=True)}")
+    from waybill.notify.webpush import load_vapid
+
+    vapid = load_vapid(settings)  # made once into the instance dir unless given by environment
+    click.echo(f"VAPID public key: {vapid.public_key}")
     click.echo(f"instance directory: {settings.instance_dir}")
 
 
@@ -74,6 +78,29 @@ def serve(host: str, port: int, workers: int | None) -> None:
     app = create_app(settings)
     click.echo(f"Waybill on http://{host}:{port}  (base URL {settings.base_url})")
     app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+@main.command()
+@click.option("--concurrency", default=64, show_default=True, type=int,
+              help="Notifications in flight at once.")
+@_config_errors
+def worker(concurrency: int) -> None:
+    """Send queued notifications (Web Push, email) until stopped; the server can then run
+    with WAYBILL_RUN_WORKER=0."""
+    import signal
+    import threading
+
+    from waybill.notify.delivery import Worker
+
+    settings = _settings()
+    w = Worker(_engine(settings), settings, concurrency=concurrency)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    w.start()
+    click.echo(f"outbox worker {w.owner} running; Ctrl-C to stop")
+    stop.wait()
+    w.stop()
 
 
 @main.group()

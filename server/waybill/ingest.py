@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,11 +19,8 @@ from waybill.api.schemas import OrderCreate, OrderEventCreate, ShipmentCreate, S
 from waybill.auth.login import normalise_email
 from waybill.auth.tokens import digest, new_token
 from waybill.models import Change, Customer, Merchant, Order, Shipment, TrackingEvent, utcnow
+from waybill.notify import outbox
 from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status
-
-#: Called inside the transaction for every change (the notifications outbox hooks in here).
-ChangeHook = Callable[[Session, Change, Order], None]
-change_hooks: list[ChangeHook] = []
 
 
 class Conflict(Exception):
@@ -230,8 +226,8 @@ def _record_change(session: Session, order: Order, kind: str, before: str | None
     )
     session.add(change)
     session.flush()
-    for hook in change_hooks:
-        hook(session, change, order)
+    # Notifications are queued in this same transaction: committed together or not at all.
+    outbox.enqueue_change(session, change, order)
     pending: list[Published] = session.info.setdefault("waybill.published", [])
     pending.append(
         Published(change.id, order.id, order.customer_id, order.status)  # type: ignore[arg-type]

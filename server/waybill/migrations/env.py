@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import waybill.models  # noqa: F401  (registers the tables)
+import waybill.notify.models  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

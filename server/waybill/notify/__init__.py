@@ -1,1 +1,48 @@
 """Notifications: who hears what and when, the durable outbox, Web Push and email."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    """The VAPID keys, the notification routes, and the in-process outbox worker.
+
+    The worker starts with the app and again in any process forked from it (gunicorn workers
+    with a preloaded app): the first request a new process serves starts that process's own.
+    """
+    from waybill.api import notifications
+    from waybill.notify.webpush import load_vapid
+
+    settings = app.config["WAYBILL_SETTINGS"]
+    app.extensions["waybill.vapid"] = load_vapid(settings)
+    app.register_blueprint(notifications.bp)
+    if not settings.run_worker:
+        return
+    lock = threading.Lock()
+    started_in: list[int] = []
+
+    def ensure_worker() -> None:
+        if started_in and started_in[0] == os.getpid():
+            return
+        with lock:
+            if started_in and started_in[0] == os.getpid():
+                return
+            start_worker(app)
+            started_in[:] = [os.getpid()]
+
+    app.before_request(ensure_worker)
+    ensure_worker()
+
+
+def start_worker(app: Flask) -> object:
+    """Start an outbox worker thread for this process, woken by every committed change."""
+    from waybill.notify.delivery import Worker
+
+    worker = Worker(app.extensions["waybill.engine"], app.config["WAYBILL_SETTINGS"]).start()
+    app.extensions["waybill.broker"].subscribe(worker.notify)
+    app.extensions["waybill.worker"] = worker
+    return worker

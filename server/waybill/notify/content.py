@@ -1,0 +1,174 @@
+"""What a notification says: a title and body per status and language, the push payload, the mail.
+
+Plain functions of their inputs, so every wording is tested without sending anything.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+#: RFC 8291 leaves 3,993 bytes of plaintext in a 4,096-byte aes128gcm record.
+MAX_PAYLOAD = 3993
+
+_PHRASES: dict[str, dict[str, str]] = {
+    "en": {
+        "confirmed": "is confirmed",
+        "processing": "is being prepared",
+        "shipped": "has shipped",
+        "in_transit": "is on its way",
+        "out_for_delivery": "is out for delivery",
+        "delivered": "has been delivered",
+        "attempted": "could not be delivered",
+        "available_for_pickup": "is ready for pickup",
+        "exception": "is delayed",
+        "returned": "is going back to the sender",
+        "cancelled": "was cancelled",
+    },
+    "de": {
+        "confirmed": "ist bestätigt",
+        "processing": "wird vorbereitet",
+        "shipped": "wurde versendet",
+        "in_transit": "ist unterwegs",
+        "out_for_delivery": "ist in Zustellung",
+        "delivered": "wurde zugestellt",
+        "attempted": "konnte nicht zugestellt werden",
+        "available_for_pickup": "liegt zur Abholung bereit",
+        "exception": "verzögert sich",
+        "returned": "geht zurück an den Absender",
+        "cancelled": "wurde storniert",
+    },
+}
+_TEXT: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Order #{number} {phrase}",
+        "today": "arriving today",
+        "tomorrow": "arriving tomorrow",
+        "on": "arriving {date}",
+        "from": "From {merchant}",
+        "delivered": "Enjoy your order from {merchant}.",
+        "attempted": "{merchant}: the carrier will try again or leave a note.",
+        "pickup": "{merchant}: collect it with your ID.",
+        "track": "Track your order",
+        "why": "You get this email because you follow this order on Waybill.",
+        "unsubscribe": "Stop these emails",
+    },
+    "de": {
+        "title": "Bestellung #{number} {phrase}",
+        "today": "kommt heute",
+        "tomorrow": "kommt morgen",
+        "on": "kommt am {date}",
+        "from": "Von {merchant}",
+        "delivered": "Viel Freude mit Ihrer Bestellung von {merchant}.",
+        "attempted": "{merchant}: Der Zusteller versucht es erneut.",
+        "pickup": "{merchant}: Bitte mit Ausweis abholen.",
+        "track": "Sendung verfolgen",
+        "why": "Sie erhalten diese E-Mail, weil Sie diese Bestellung bei Waybill verfolgen.",
+        "unsubscribe": "Diese E-Mails abbestellen",
+    },
+}
+_WEEKDAYS = {
+    "en": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
+    "de": ["Mo.", "Di.", "Mi.", "Do.", "Fr.", "Sa.", "So."],
+}
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    """What the wording needs to know about the order."""
+
+    order_id: int
+    number: str  # the merchant's order number (external id)
+    merchant: str
+    status: str
+    url: str
+    estimated_delivery: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    title: str
+    body: str
+
+
+def _lang(language: str) -> str:
+    return language if language in _TEXT else "en"
+
+
+def estimate_phrase(estimate: datetime, now: datetime, language: str, timezone: str) -> str:
+    t = _TEXT[_lang(language)]
+    try:
+        zone = ZoneInfo(timezone)
+    except Exception:
+        zone = ZoneInfo("UTC")
+    day, today = estimate.astimezone(zone).date(), now.astimezone(zone).date()
+    if day == today:
+        return t["today"]
+    if (day - today).days == 1:
+        return t["tomorrow"]
+    weekday = _WEEKDAYS[_lang(language)][day.weekday()]
+    date = f"{weekday} {day.day}.{day.month}." if language == "de" else f"{weekday} {day:%d %b}"
+    return t["on"].format(date=date)
+
+
+def message(
+    facts: OrderFacts, *, language: str, now: datetime, timezone: str = "UTC"
+) -> Message:
+    """The title and body for one status, e.g. "Order #1042 is out for delivery"."""
+    lang = _lang(language)
+    t = _TEXT[lang]
+    phrase = _PHRASES[lang].get(facts.status, facts.status)
+    title = t["title"].format(number=facts.number, phrase=phrase)
+    if facts.status == "delivered":
+        body = t["delivered"].format(merchant=facts.merchant)
+    elif facts.status == "attempted":
+        body = t["attempted"].format(merchant=facts.merchant)
+    elif facts.status == "available_for_pickup":
+        body = t["pickup"].format(merchant=facts.merchant)
+    else:
+        body = t["from"].format(merchant=facts.merchant)
+        active = facts.status in ("shipped", "in_transit", "out_for_delivery", "exception")
+        if facts.estimated_delivery and active:
+            body += " — " + estimate_phrase(facts.estimated_delivery, now, lang, timezone)
+    return Message(title=title, body=body)
+
+
+def push_payload(facts: OrderFacts, msg: Message) -> bytes:
+    """The JSON the service worker shows; trimmed so it always fits one push message."""
+    doc: dict[str, Any] = {
+        "title": msg.title[:200],
+        "body": msg.body,
+        "url": facts.url,
+        "tag": f"order-{facts.order_id}",
+        "order_id": facts.order_id,
+        "status": facts.status,
+    }
+    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    while len(data) > MAX_PAYLOAD and doc["body"]:
+        doc["body"] = doc["body"][: max(0, len(doc["body"]) - (len(data) - MAX_PAYLOAD) - 1)]
+        data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return data
+
+
+def email_parts(
+    facts: OrderFacts, msg: Message, *, language: str, unsubscribe_url: str
+) -> tuple[str, str]:
+    """The plain-text and HTML bodies of a notification email."""
+    t = _TEXT[_lang(language)]
+    text = (
+        f"{msg.title}\n\n{msg.body}\n\n{t['track']}: {facts.url}\n\n"
+        f"--\n{t['why']}\n{t['unsubscribe']}: {unsubscribe_url}\n"
+    )
+    e = html.escape
+    markup = (
+        f'<!doctype html><html lang="{_lang(language)}"><body style="font-family:sans-serif">'
+        f"<h1 style=\"font-size:1.3em\">{e(msg.title)}</h1><p>{e(msg.body)}</p>"
+        f'<p><a href="{e(facts.url)}">{e(t["track"])}</a></p>'
+        f'<hr><p style="font-size:.85em;color:#555">{e(t["why"])} '
+        f'<a href="{e(unsubscribe_url)}">{e(t["unsubscribe"])}</a></p></body></html>'
+    )
+    return text, markup

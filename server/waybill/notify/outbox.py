@@ -1,0 +1,291 @@
+"""The durable outbox: rows written in the transaction of their change, claimed with a lease.
+
+* ``enqueue_change`` runs inside ``ingest``'s transaction, so a notification exists exactly when
+  its change is committed; the unique ``dedupe_key`` (change, destination) keeps a retried
+  transaction or a replayed event from queueing one twice.
+* Quiet hours are a ``due_at`` in the future; a newer status for the same order and destination
+  supersedes a held (or backing-off) older one, so one notification per order goes out.
+* ``claim`` leases due rows to one worker: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite
+  the engine's ``BEGIN IMMEDIATE`` makes every claim a single writer. A worker that dies leaves
+  its lease to run out, and the rows are claimed again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from waybill.models import Change, Customer, Order, utcnow
+from waybill.notify import preferences
+from waybill.notify.models import OrderMute, OutboxMessage, PushSubscription
+from waybill.tracking.statuses import is_terminal
+
+PUSH_DEADLINE = timedelta(hours=24)
+EMAIL_DEADLINE = timedelta(hours=24)
+ANONYMOUS_KEEP = timedelta(days=30)
+BACKOFF_BASE = 2.0  # seconds
+BACKOFF_CAP = 15 * 60.0
+
+
+def customer_preferences(customer: Customer) -> preferences.Preferences:
+    return preferences.load(
+        customer.preferences, language=customer.locale, timezone=customer.timezone
+    )
+
+
+def enqueue_change(
+    session: Session, change: Change, order: Order, *, now: datetime | None = None
+) -> int:
+    """Queue what this change means for each destination; returns how many rows were written."""
+    if change.status_before == change.status_after:
+        return 0  # a second in_transit scan updates the timeline, not the phone
+    now = now or utcnow()
+    muted = session.get(OrderMute, order.id) is not None
+    info = preferences.ChangeInfo(order.id, change.status_after, change.status_before, muted)
+    rows: list[OutboxMessage] = []
+
+    customer = session.get(Customer, order.customer_id)
+    if customer is not None:
+        decision = preferences.should_notify(info, customer_preferences(customer), now)
+        due = decision.hold_until or now
+        if "push" in decision.channels:
+            for sub in session.exec(
+                select(PushSubscription).where(PushSubscription.scope == f"customer:{customer.id}")
+            ):
+                rows.append(_row(change, order, "push", f"sub:{sub.id}", sub.id, due, now))
+        if "email" in decision.channels:
+            rows.append(_row(change, order, "email", customer.email, None, due, now))
+
+    anonymous = list(
+        session.exec(select(PushSubscription).where(PushSubscription.scope == f"order:{order.id}"))
+    )
+    if anonymous:
+        decision = preferences.should_notify(info, preferences.anonymous(), now)
+        for sub in anonymous:
+            if "push" in decision.channels and (sub.expires_at is None or sub.expires_at > now):
+                row = _row(change, order, "push", f"sub:{sub.id}", sub.id, now, now)
+                row.customer_id = None
+                rows.append(row)
+            if is_terminal(change.status_after):
+                sub.expires_at = now + ANONYMOUS_KEEP
+            else:
+                sub.expires_at = None
+            session.add(sub)
+
+    for row in rows:
+        _supersede_older(session, row, now)
+        session.add(row)
+    if rows:
+        session.flush()
+    return len(rows)
+
+
+def _row(
+    change: Change, order: Order, channel: str, destination: str, subscription_id: int | None,
+    due: datetime, now: datetime,
+) -> OutboxMessage:
+    return OutboxMessage(
+        dedupe_key=f"{change.id}:{channel}:{destination}"[:120],
+        change_id=change.id,  # type: ignore[arg-type]
+        order_id=order.id,  # type: ignore[arg-type]
+        customer_id=order.customer_id,
+        channel=channel,
+        destination=destination,
+        subscription_id=subscription_id,
+        status=change.status_after,
+        due_at=due,
+        deadline=max(due, now) + (PUSH_DEADLINE if channel == "push" else EMAIL_DEADLINE),
+        created_at=now,
+    )
+
+
+def _supersede_older(session: Session, row: OutboxMessage, now: datetime) -> None:
+    """An older notification still waiting (quiet hours, backoff) is replaced by this one."""
+    session.exec(  # type: ignore[call-overload]
+        sa.update(OutboxMessage)
+        .where(
+            col(OutboxMessage.order_id) == row.order_id,
+            col(OutboxMessage.destination) == row.destination,
+            col(OutboxMessage.state) == "pending",
+            col(OutboxMessage.due_at) > now,
+            sa.or_(col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now),
+        )
+        .values(state="superseded", done_at=now)
+    )
+
+
+def reevaluate(session: Session, customer: Customer, *, now: datetime | None = None) -> int:
+    """Apply changed preferences or mutes to the customer's waiting rows at once."""
+    now = now or utcnow()
+    prefs = customer_preferences(customer)
+    rows = list(
+        session.exec(
+            select(OutboxMessage).where(
+                OutboxMessage.customer_id == customer.id,
+                OutboxMessage.state == "pending",
+                OutboxMessage.attempts == 0,
+                sa.or_(
+                    col(OutboxMessage.lease_until).is_(None),
+                    col(OutboxMessage.lease_until) < now,
+                ),
+            )
+        )
+    )
+    if not rows:
+        return 0
+    muted = set(
+        session.exec(
+            select(OrderMute.order_id).where(
+                col(OrderMute.order_id).in_({r.order_id for r in rows})
+            )
+        )
+    )
+    for row in rows:
+        info = preferences.ChangeInfo(row.order_id, row.status, None, row.order_id in muted)
+        decision = preferences.should_notify(info, prefs, now)
+        if row.channel not in decision.channels:
+            row.state, row.done_at, row.last_error = "dropped", now, "preferences changed"
+        else:
+            row.due_at = decision.hold_until or now
+        session.add(row)
+    session.flush()
+    return len(rows)
+
+
+def claim(
+    engine: Engine, *, owner: str, limit: int, now: datetime, lease: timedelta
+) -> list[int]:
+    """Lease up to ``limit`` due rows to ``owner``; returns their ids."""
+    with Session(engine) as session, session.begin():
+        query = (
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.state == "pending",
+                OutboxMessage.due_at <= now,
+                sa.or_(
+                    col(OutboxMessage.lease_until).is_(None),
+                    col(OutboxMessage.lease_until) < now,
+                ),
+            )
+            .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
+            .limit(limit)
+        )
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        ids = [i for i in session.exec(query).all() if i is not None]
+        if ids:
+            session.exec(  # type: ignore[call-overload]
+                sa.update(OutboxMessage)
+                .where(col(OutboxMessage.id).in_(ids))
+                .values(lease_until=now + lease, lease_owner=owner)
+            )
+    return ids
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed row."""
+
+    row_id: int
+    result: str  # sent | gone | retry | rejected | dropped | superseded
+    detail: str = ""
+    retry_after: float | None = None
+
+
+def backoff(attempts: int, retry_after: float | None) -> float:
+    """Seconds until the next try: exponential with jitter, never before ``Retry-After``."""
+    delay = random.uniform(0.5, 1.0) * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    return max(delay, retry_after or 0.0)
+
+
+def record(
+    session: Session, *, owner: str, outcomes: Sequence[Outcome], now: datetime
+) -> None:
+    """Store what happened to leased rows; a row whose lease was lost is left alone."""
+    if not outcomes:
+        return
+    rows = {
+        r.id: r
+        for r in session.exec(
+            select(OutboxMessage).where(
+                col(OutboxMessage.id).in_([o.row_id for o in outcomes]),
+                OutboxMessage.lease_owner == owner,
+                OutboxMessage.state == "pending",
+            )
+        )
+    }
+    gone: set[int] = set()
+    used: set[int] = set()
+    for outcome in outcomes:
+        row = rows.get(outcome.row_id)
+        if row is None:
+            continue
+        row.lease_until, row.lease_owner = None, None
+        row.last_error = outcome.detail[:300] or None
+        if outcome.result == "sent":
+            row.state, row.done_at = "sent", now
+            if row.subscription_id is not None:
+                used.add(row.subscription_id)
+        elif outcome.result == "retry":
+            row.attempts += 1
+            due = now + timedelta(seconds=backoff(row.attempts, outcome.retry_after))
+            if due > row.deadline:
+                row.state, row.done_at = "failed", now
+            else:
+                row.due_at = due
+        elif outcome.result == "gone":
+            row.state, row.done_at = "dropped", now
+            if row.subscription_id is not None:
+                gone.add(row.subscription_id)
+        elif outcome.result == "superseded":
+            row.state, row.done_at = "superseded", now
+        else:  # rejected or dropped: sending again cannot help
+            row.state, row.done_at = ("failed" if outcome.result == "rejected" else "dropped"), now
+        session.add(row)
+    if used:
+        session.exec(  # type: ignore[call-overload]
+            sa.update(PushSubscription)
+            .where(col(PushSubscription.id).in_(used))
+            .values(last_used_at=now)
+        )
+    if gone:
+        forget_subscriptions(session, gone, now=now)
+
+
+def forget_subscriptions(session: Session, ids: set[int], *, now: datetime) -> None:
+    """Delete subscriptions and drop whatever was still waiting for them."""
+    session.exec(  # type: ignore[call-overload]
+        sa.update(OutboxMessage)
+        .where(
+            col(OutboxMessage.subscription_id).in_(ids),
+            OutboxMessage.state == "pending",
+            col(OutboxMessage.lease_until).is_(None),
+        )
+        .values(state="dropped", done_at=now, last_error="subscription gone")
+    )
+    session.exec(  # type: ignore[call-overload]
+        sa.delete(PushSubscription).where(col(PushSubscription.id).in_(ids))
+    )
+
+
+def expire_anonymous(session: Session, *, now: datetime) -> int:
+    """Forget tracking-link subscriptions 30 days after their order reached a terminal status."""
+    ids = set(
+        i
+        for i in session.exec(
+            select(PushSubscription.id).where(
+                col(PushSubscription.expires_at).is_not(None),
+                col(PushSubscription.expires_at) < now,
+            )
+        )
+        if i is not None
+    )
+    if ids:
+        forget_subscriptions(session, ids, now=now)
+    return len(ids)

@@ -1,0 +1,129 @@
+"""Push subscriptions: which endpoints we accept, and keeping one row per browser and scope.
+
+Only the known push services over https (plus ``WAYBILL_PUSH_ENDPOINT_HOSTS``) are accepted,
+so nobody can make the server POST to an address of their choosing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlmodel import Session, select
+
+from waybill.models import utcnow
+from waybill.notify.models import PushSubscription
+from waybill.notify.webpush import b64url_decode
+
+#: Push services' hosts (a name and every subdomain of it).
+KNOWN_PUSH_HOSTS: tuple[str, ...] = (
+    "fcm.googleapis.com",  # Chrome, Edge on Android, Opera
+    "android.googleapis.com",
+    "push.services.mozilla.com",  # Firefox (updates.push.services.mozilla.com)
+    "push.apple.com",  # Safari (web.push.apple.com)
+    "notify.windows.com",  # Edge on Windows (*.notify.windows.com)
+)
+
+
+def _host_matches(host: str, suffix: str) -> bool:
+    return host == suffix or host.endswith("." + suffix)
+
+
+def endpoint_error(endpoint: str, extra_hosts: Sequence[str]) -> str | None:
+    """Why ``endpoint`` is not acceptable, or None when it is."""
+    if len(endpoint) > 2048:
+        return "is longer than 2048 characters"
+    try:
+        parts = urlsplit(endpoint)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        return "must be an https URL of a push service"
+    port = port or (443 if parts.scheme == "https" else 80)
+    for pattern in extra_hosts:
+        want_host, _, want_port = pattern.rpartition(":")
+        if want_host.lower() == host and want_port in ("*", str(port)):
+            return None
+    if parts.scheme == "https" and any(_host_matches(host, h) for h in KNOWN_PUSH_HOSTS):
+        return None
+    return "is not on a known push service (FCM, Mozilla, Apple, Windows)"
+
+
+def key_errors(p256dh: str, auth: str) -> dict[str, str]:
+    """Field errors for the keys: a 65-byte uncompressed P-256 point and a 16-byte secret."""
+    errors: dict[str, str] = {}
+    try:
+        raw = b64url_decode(p256dh)
+        if len(raw) != 65 or raw[0] != 4:
+            raise ValueError("length")
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+    except (ValueError, TypeError):
+        errors["keys.p256dh"] = "must be base64url of a 65-byte uncompressed P-256 point"
+    try:
+        if len(b64url_decode(auth)) != 16:
+            raise ValueError("length")
+    except (ValueError, TypeError):
+        errors["keys.auth"] = "must be base64url of 16 bytes"
+    return errors
+
+
+def label_for(user_agent: str) -> str:
+    """A short device name for the settings list, from the User-Agent."""
+    ua = user_agent or ""
+    browser = next(
+        (name for key, name in (
+            ("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
+            ("SamsungBrowser/", "Samsung Internet"), ("Chrome/", "Chrome"),
+            ("Safari/", "Safari"),
+        ) if key in ua),
+        "Browser",
+    )
+    system = next(
+        (name for key, name in (
+            ("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"),
+            ("Windows", "Windows"), ("Mac OS X", "Mac"), ("CrOS", "ChromeOS"), ("Linux", "Linux"),
+        ) if key in ua),
+        None,
+    )
+    return f"{browser} on {system}" if system else browser
+
+
+def endpoint_hash(endpoint: str) -> str:
+    return hashlib.sha256(endpoint.encode()).hexdigest()
+
+
+def save(
+    session: Session, *, scope: str, endpoint: str, p256dh: str, auth: str, label: str,
+    language: str, customer_id: int | None = None, order_id: int | None = None,
+) -> tuple[PushSubscription, bool]:
+    """Store the subscription; the same endpoint again only refreshes its keys."""
+    h = endpoint_hash(endpoint)
+    sub = session.exec(
+        select(PushSubscription).where(
+            PushSubscription.scope == scope, PushSubscription.endpoint_hash == h
+        )
+    ).first()
+    created = sub is None
+    if sub is None:
+        sub = PushSubscription(
+            scope=scope, endpoint=endpoint, endpoint_hash=h, customer_id=customer_id,
+            order_id=order_id, p256dh=p256dh, auth=auth,
+        )
+    sub.p256dh, sub.auth, sub.label, sub.language = p256dh, auth, label[:100], language
+    sub.last_used_at = sub.last_used_at or utcnow()
+    session.add(sub)
+    session.flush()
+    return sub, created
+
+
+def find(session: Session, *, scope: str, endpoint: str) -> PushSubscription | None:
+    return session.exec(
+        select(PushSubscription).where(
+            PushSubscription.scope == scope,
+            PushSubscription.endpoint_hash == endpoint_hash(endpoint),
+        )
+    ).first()

@@ -1,0 +1,216 @@
+"""Web Push: the VAPID identity and one sender around pywebpush.
+
+pywebpush signs a new JWT on every call, rewrites the claims dict it is given and has no
+timeout of its own; so the sender signs one VAPID header per push-service origin and reuses it
+until an hour before it expires, shares one ``requests.Session`` (kept-alive connections) and
+always passes a timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from py_vapid import Vapid02
+from pywebpush import WebPusher
+from requests.adapters import HTTPAdapter
+
+from waybill.config import ConfigError, Settings
+
+log = logging.getLogger("waybill.webpush")
+
+KEY_FILE = "vapid_private_key.pem"
+JWT_LIFETIME = 12 * 3600  # seconds; RFC 8292 allows at most 24 h
+JWT_REFRESH_BEFORE = 3600  # re-sign an hour before the header expires
+HIGH_URGENCY = frozenset({"out_for_delivery", "delivered", "attempted", "exception"})
+#: How long a push service keeps a message for an offline phone, per status (seconds).
+TTL_BY_STATUS = {"out_for_delivery": 6 * 3600, "attempted": 24 * 3600, "delivered": 24 * 3600}
+DEFAULT_TTL = 2 * 24 * 3600
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class VapidKeys:
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def public_key(self) -> str:
+        """The application server key the browser subscribes with (uncompressed point)."""
+        raw = self.private_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return b64url(raw)
+
+
+def parse_private_key(text: str) -> ec.EllipticCurvePrivateKey:
+    """A P-256 private key given as PEM or as base64url of the raw 32-byte scalar."""
+    text = text.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_private_key(text.encode(), password=None)
+        else:
+            raw = b64url_decode(text)
+            if len(raw) != 32:
+                raise ValueError("not 32 bytes")
+            key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+    except ValueError as exc:
+        raise ConfigError(f"WAYBILL_VAPID_PRIVATE_KEY is not a P-256 private key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ConfigError("WAYBILL_VAPID_PRIVATE_KEY must be a P-256 (prime256v1) key")
+    return key
+
+
+def load_vapid(settings: Settings, *, create: bool = True) -> VapidKeys:
+    """The VAPID key pair: from the environment, else the instance dir (made once if missing)."""
+    if settings.vapid_private_key:
+        return VapidKeys(parse_private_key(settings.vapid_private_key))
+    path = Path(settings.instance_dir) / KEY_FILE
+    if not path.exists():
+        if not create:
+            raise ConfigError("no VAPID key: set WAYBILL_VAPID_PRIVATE_KEY or run `waybill init`")
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+            return VapidKeys(key)
+    return VapidKeys(parse_private_key(path.read_text()))
+
+
+@dataclass(frozen=True)
+class Subscription:
+    endpoint: str
+    p256dh: str
+    auth: str
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """``sent``; ``gone`` (forget the subscription); ``retry`` (after ``retry_after`` s at
+    least); ``rejected`` (logged, never retried)."""
+
+    outcome: str
+    status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def ttl_for(status: str) -> int:
+    return TTL_BY_STATUS.get(status, DEFAULT_TTL)
+
+
+def urgency_for(status: str) -> str:
+    return "high" if status in HIGH_URGENCY else "normal"
+
+
+def topic_for(order_id: int) -> str:
+    """At most 32 URL-safe characters, one per order: a newer status replaces an older one."""
+    return f"order-{order_id}"[:32]
+
+
+class PushSender:
+    """Sends encrypted messages; safe to share between the threads of one worker."""
+
+    def __init__(
+        self, keys: VapidKeys, subject: str, *, timeout: float = 10.0, pool_size: int = 64
+    ) -> None:
+        self.keys, self.subject, self.timeout = keys, subject, timeout
+        self._vapid = Vapid02(private_key=keys.private_key)
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=32, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self._headers: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def vapid_header(self, endpoint: str, now: float | None = None) -> str:
+        """The ``Authorization`` header for the endpoint's origin, signed at most hourly-ish."""
+        now = time.time() if now is None else now
+        parts = urlsplit(endpoint)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        cached = self._headers.get(origin)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        with self._lock:
+            exp = int(now) + JWT_LIFETIME
+            # A fresh dict per origin: a shared one would carry one service's aud to another.
+            claims = {"sub": self.subject, "aud": origin, "exp": exp}
+            header = self._vapid.sign(claims)["Authorization"]
+            self._headers[origin] = (header, exp - JWT_REFRESH_BEFORE)
+        return header
+
+    def send(
+        self, sub: Subscription, payload: bytes, *, ttl: int, urgency: str, topic: str
+    ) -> PushResult:
+        headers = {
+            "Authorization": self.vapid_header(sub.endpoint),
+            "Urgency": urgency,
+            "Topic": topic,
+        }
+        info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}
+        try:
+            resp = WebPusher(info, requests_session=self.session).send(
+                payload, headers, ttl=ttl, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            return PushResult("retry", None, None, f"{exc.__class__.__name__}: {exc}"[:300])
+        assert isinstance(resp, requests.Response)
+        return classify(resp.status_code, resp.headers.get("Retry-After"), resp.text[:200])
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def classify(status: int, retry_after: str | None, text: str = "") -> PushResult:
+    """What a push service's answer means for the subscription and the message."""
+    if 200 <= status < 300:
+        return PushResult("sent", status)
+    if status in (404, 410):
+        return PushResult("gone", status, None, text)
+    if status == 429 or status >= 500:
+        return PushResult("retry", status, retry_after_seconds(retry_after), text)
+    # 400 bad request, 403 wrong VAPID key, 413 too large: sending again cannot help.
+    return PushResult("rejected", status, None, text)
