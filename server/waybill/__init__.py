@@ -43,9 +43,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     from waybill import security
     from waybill.api import account
-    from waybill.auth import oidc
+    from waybill.auth import oidc, passkeys
 
-    for blueprint in (account.bp, oidc.bp):  # sessions, OIDC, passkeys (issue 6)
+    for blueprint in (account.bp, oidc.bp, passkeys.account_bp, passkeys.sign_in_bp):  # issue 6
         app.register_blueprint(blueprint)
     oidc.init_app(app)
     from waybill import notify

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
+import waybill.auth.models  # noqa: F401  (passkeys)
 import waybill.models  # noqa: F401  (registers the tables)
 import waybill.notify.models  # noqa: F401
 

@@ -2,6 +2,7 @@
 import { ApiError, get, request } from '../api.js';
 import { h } from '../dom.js';
 import { LANGUAGES, language, saveLanguage, statusLabel, t } from '../i18n.js';
+import { mountSettings } from '../passkeys.js';
 import { currentSubscription, pushSupported, subscribe, unsubscribe } from '../push.js';
 
 const STATUSES = ['confirmed', 'processing', 'shipped', 'in_transit', 'out_for_delivery', 'delivered',
@@ -132,4 +133,5 @@ export async function render(app) {
       // Issue 6 mounts passkey management here.
       h('div', { id: 'settings-security' }),
       signOut)));
+  await mountSettings(app, document.getElementById('settings-security'));
 }

@@ -3,6 +3,7 @@
 import { ApiError, request } from '../api.js';
 import { h } from '../dom.js';
 import { t } from '../i18n.js';
+import { mountSignIn } from '../passkeys.js';
 
 export async function render(app) {
   document.title = `${t('signin.title')} · Waybill`;
@@ -65,7 +66,7 @@ export async function render(app) {
       }
     });
     app.show(form);
-    app.signInMounted?.(form.querySelector('#sign-in-more'));
+    mountSignIn(app, form.querySelector('#sign-in-more'));
   };
 
   emailStep();
