@@ -51,6 +51,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from waybill import notify
 
     notify.init_app(app)  # preferences, push subscriptions, the outbox worker (issue 5)
+    from waybill.realtime import hub
+
+    hub.init_app(app)  # /ws live updates (issue 3)
     security.init_app(app)  # last: headers and rate limits attach to every registered route
     return app
 

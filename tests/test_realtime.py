@@ -1,0 +1,249 @@
+"""Live updates over /ws, in process with the memory broker (the real-server tests are in
+test_realtime_server.py and share the client below)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import websocket
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import make_server
+
+from tests.utils.factories import AuthActions, MerchantActions
+
+#: ``next_frame`` answers this when the server closed the socket: ("close", code).
+CLOSED = "close"
+
+
+class LiveClient:
+    """One ``/ws`` socket; ``messages`` keeps every JSON message received, in order."""
+
+    def __init__(
+        self,
+        base: str,
+        *,
+        cookie: str | None = None,
+        track: str | None = None,
+        timeout: float = 15.0,
+        **options: Any,
+    ) -> None:
+        url = base.replace("http://", "ws://") + "/ws" + (f"?track={track}" if track else "")
+        self.ws = websocket.create_connection(
+            url, cookie=f"waybill_session={cookie}" if cookie else None, timeout=timeout, **options
+        )
+        self.messages: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+
+    def next_frame(self) -> dict[str, Any] | tuple[str, int | None]:
+        """The next JSON message, or ("close", code) once the server closes the socket."""
+        while True:
+            try:
+                opcode, data = self.ws.recv_data(control_frame=True)
+            except websocket.WebSocketConnectionClosedException:
+                return (CLOSED, self.close_code)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                self.close_code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+                return (CLOSED, self.close_code)
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                message = json.loads(data)
+                self.messages.append(message)
+                return message  # type: ignore[no-any-return]
+
+    def next_message(self) -> dict[str, Any]:
+        frame = self.next_frame()
+        assert isinstance(frame, dict), f"socket closed with {frame[1]} instead of a message"
+        return frame
+
+    def hello(self) -> int:
+        message = self.next_message()
+        assert message["type"] == "hello", message
+        return int(message["cursor"])
+
+    def resume(self, cursor: int) -> None:
+        self.ws.send(json.dumps({"type": "resume", "cursor": cursor}))
+
+    def updates(self, n: int) -> list[dict[str, Any]]:
+        """The next ``n`` order.updated messages."""
+        out = [self.next_message() for _ in range(n)]
+        assert all(m["type"] == "order.updated" for m in out), out
+        return out
+
+    def until_status(self, order_id: int, status: str) -> list[dict[str, Any]]:
+        """Read updates until ``order_id`` shows ``status``; returns every update read."""
+        seen = []
+        while True:
+            m = self.next_message()
+            seen.append(m)
+            if (
+                m["type"] == "order.updated"
+                and m["order"]["id"] == order_id
+                and m["order"]["status"] == status
+            ):
+                return seen
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, websocket.WebSocketException):
+            self.ws.close(timeout=1)
+        self.ws.shutdown()
+
+
+def cursors(messages: list[dict[str, Any]]) -> list[int]:
+    return [m["cursor"] for m in messages if m["type"] == "order.updated"]
+
+
+# --- in process: the app under a threaded WSGI server, with the memory broker ---------------
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    app.extensions["waybill.hub"].close()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def connect(live_server: str) -> Iterator[Callable[..., LiveClient]]:
+    """Open sockets to the live server; every one is closed after the test."""
+    opened: list[LiveClient] = []
+
+    def open_socket(**options: Any) -> LiveClient:
+        opened.append(LiveClient(live_server, **options))
+        return opened[-1]
+
+    yield open_socket
+    for c in opened:
+        c.close()
+
+
+def _session_cookie(client: FlaskClient) -> str:
+    cookie = client.get_cookie("waybill_session")
+    assert cookie is not None
+    return cookie.value
+
+
+def _token(order: dict[str, Any]) -> str:
+    return order["tracking_url"].rsplit("/", 1)[1]
+
+
+def test_session_socket_gets_each_change_shaped_like_the_api(
+    connect: Callable[..., LiveClient],
+    merchant: MerchantActions,
+    auth: AuthActions,
+    client: FlaskClient,
+) -> None:
+    first = merchant.create_order("alice@example.com")
+    auth.sign_in("alice@example.com")
+    live = connect(cookie=_session_cookie(client))
+    start = live.hello()
+
+    shipment = merchant.add_shipment(first["id"])
+    merchant.scan(shipment["id"], "in_transit", "2026-01-02T10:00:00Z")
+    later = merchant.create_order("alice@example.com")  # created after the socket opened
+    merchant.create_order("bob@example.com")  # not hers: never on her socket
+    merchant.scan(shipment["id"], "delivered", "2026-01-03T10:00:00Z")
+
+    got = live.updates(4)  # one per change she can see
+    assert [m["order"]["id"] for m in got] == [first["id"], first["id"], later["id"], first["id"]]
+    assert [m["order"]["status"] for m in got][2:] == ["confirmed", "delivered"]
+    assert cursors(got) == sorted(set(cursors(got))) and cursors(got)[0] > start
+    # the last frame of an order is what GET /api/me/orders/{id} answers now
+    assert got[-1]["order"] == client.get(f"/api/me/orders/{first['id']}").get_json()
+    assert got[2]["order"] == client.get(f"/api/me/orders/{later['id']}").get_json()
+    live.close()
+
+
+def test_resume_replays_each_changed_order_once_then_goes_live(
+    connect: Callable[..., LiveClient],
+    merchant: MerchantActions,
+    auth: AuthActions,
+    client: FlaskClient,
+) -> None:
+    a = merchant.create_order("carol@example.com")
+    b = merchant.create_order("carol@example.com")
+    auth.sign_in("carol@example.com")
+    live = connect(cookie=_session_cookie(client))
+    seen = live.hello()
+    ship = merchant.add_shipment(a["id"])
+    first = live.updates(1)[0]
+    live.close()
+
+    # offline: three changes to a, one to b, a last one to a
+    merchant.scan(ship["id"], "in_transit", "2026-01-02T10:00:00Z")
+    merchant.post(f"/orders/{b['id']}/events", {"status": "processing"})
+    merchant.scan(ship["id"], "out_for_delivery", "2026-01-03T08:00:00Z")
+
+    again = connect(cookie=_session_cookie(client))
+    again.hello()
+    again.resume(first["cursor"])
+    replay = again.updates(2)
+    assert [m["order"]["id"] for m in replay] == [b["id"], a["id"]]  # by their last change
+    assert [m["order"]["status"] for m in replay] == ["processing", "out_for_delivery"]
+    assert cursors(replay)[0] > first["cursor"] and cursors(replay) == sorted(cursors(replay))
+
+    merchant.scan(ship["id"], "delivered", "2026-01-03T12:00:00Z")
+    live_one = again.updates(1)[0]
+    assert live_one["order"]["status"] == "delivered"
+    assert live_one["cursor"] > replay[-1]["cursor"]
+
+    # a resume from before everything: every order of hers once, oldest change first
+    again.resume(seen - 1 if seen else 0)
+    full = again.updates(2)
+    assert [m["order"]["id"] for m in full] == [b["id"], a["id"]]
+    again.close()
+
+
+def test_tracking_socket_sees_only_its_order(
+    connect: Callable[..., LiveClient], merchant: MerchantActions, client: FlaskClient
+) -> None:
+    mine = merchant.create_order("dave@example.com")
+    other = merchant.create_order("dave@example.com")  # same customer, other order
+    live = connect(track=_token(mine))
+    live.hello()
+    merchant.post(f"/orders/{other['id']}/events", {"status": "processing"})
+    merchant.post(f"/orders/{mine['id']}/events", {"status": "processing"})
+    merchant.post(f"/orders/{other['id']}/events", {"status": "cancelled"})
+    merchant.post(f"/orders/{mine['id']}/events", {"status": "cancelled"})
+    got = live.updates(2)
+    assert {m["order"]["id"] for m in got} == {mine["id"]}
+    assert got[-1]["order"] == client.get(f"/api/track/{_token(mine)}").get_json()
+    live.resume(0)
+    assert [m["order"]["id"] for m in live.updates(1)] == [mine["id"]]
+    live.close()
+
+
+def test_socket_without_credentials_is_refused_and_gets_nothing(
+    connect: Callable[..., LiveClient], merchant: MerchantActions
+) -> None:
+    order = merchant.create_order("erin@example.com")
+    anonymous = connect()
+    assert anonymous.next_frame() == (CLOSED, 4401)
+    wrong = connect(track="x" * 43)
+    assert wrong.next_frame() == (CLOSED, 4404)
+    forged = connect(cookie="not-a-session")
+    assert forged.next_frame() == (CLOSED, 4401)
+    assert all(m["type"] != "order.updated" for m in anonymous.messages + forged.messages)
+    assert order["id"]
+
+
+def test_cookie_socket_from_another_site_is_refused(
+    connect: Callable[..., LiveClient],
+    merchant: MerchantActions,
+    auth: AuthActions,
+    client: FlaskClient,
+) -> None:
+    merchant.create_order("frank@example.com")
+    auth.sign_in("frank@example.com")
+    evil = connect(cookie=_session_cookie(client), origin="https://evil.example")
+    assert evil.next_frame() == (CLOSED, 4401)
