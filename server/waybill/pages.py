@@ -56,7 +56,8 @@ def _load() -> WebApp:
         if p.suffix in {".js", ".css", ".svg"} and p.name != "sw.js"
     ]
     worker = (
-        (WEB / "sw.js").read_bytes()
+        (WEB / "sw.js")
+        .read_bytes()
         .replace(b"__VERSION__", version.encode())
         .replace(b'"__ASSETS__"', json.dumps(assets).encode())
     )
@@ -88,9 +89,7 @@ def _compressed(key: str, body: bytes, mimetype: str, *, cache: str, status: int
 
 
 def _shell(status: int = 200) -> Response:
-    return _compressed(
-        "index.html", web_app().shell, "text/html", cache="no-cache", status=status
-    )
+    return _compressed("index.html", web_app().shell, "text/html", cache="no-cache", status=status)
 
 
 @bp.get("/")
@@ -142,8 +141,12 @@ def asset(version: str, filename: str) -> Response:
     if mimetype == "application/javascript":
         mimetype = "text/javascript"
     if path.suffix in _COMPRESSIBLE:
-        return _compressed(f"{version}/{filename}" if current else filename,
-                           path.read_bytes(), mimetype, cache=cache)
+        return _compressed(
+            f"{version}/{filename}" if current else filename,
+            path.read_bytes(),
+            mimetype,
+            cache=cache,
+        )
     response = send_from_directory(WEB, filename, max_age=LONG if current else 0)
     response.headers["Cache-Control"] = cache
     return response

@@ -20,6 +20,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
+from tests.utils.smtp import SMTPServer
 from waybill import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,12 +52,16 @@ class LiveServer:
     app: Flask
     merchant: MerchantActions
     auth: AuthActions
+    smtp: SMTPServer
 
     def order_in_transit(self, email: str = "shopper@example.com", **fields: Any) -> dict[str, Any]:
         """An order with one shipment scanned in transit: what a customer usually opens."""
         order = self.merchant.create_order(
             email=email,
-            items=[{"name": "Trail running shoes", "quantity": 1}, {"name": "Socks", "quantity": 2}],
+            items=[
+                {"name": "Trail running shoes", "quantity": 1},
+                {"name": "Socks", "quantity": 2},
+            ],
             **fields,
         )
         shipment = self.merchant.add_shipment(order["id"], carrier="DHL")
@@ -75,14 +80,18 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory, migrated_template: Path) -> Iterator[LiveServer]:
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, migrated_template: Path
+) -> Iterator[LiveServer]:
     instance = tmp_path_factory.mktemp("live")
     shutil.copy(migrated_template, instance / "waybill.db")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    smtp = SMTPServer().start()
     settings = make_settings(
         instance,
         base_url=url,
+        smtp_url=smtp.url,
         extra={"rate_limits": {"tracking_wrong_token_per_ip": "1000/minute"}},
     )
     app = create_app(settings)
@@ -91,10 +100,16 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, migrated_template: Pat
     thread.start()
     client = app.test_client()
     try:
-        yield LiveServer(url=url, app=app, merchant=make_merchant(app, client),
-                         auth=AuthActions(app, client))
+        yield LiveServer(
+            url=url,
+            app=app,
+            merchant=make_merchant(app, client),
+            auth=AuthActions(app, client),
+            smtp=smtp,
+        )
     finally:
         server.shutdown()
+        smtp.stop()
         thread.join(timeout=10)
         app.extensions["waybill.broker"].close()
         app.extensions["waybill.engine"].dispose()
@@ -120,8 +135,14 @@ def browser(playwright_instance: Any) -> Iterator[Any]:
 @pytest.fixture
 def phone(browser: Any) -> Iterator[Any]:
     """A fresh phone-sized context (its own cookies, caches and service workers)."""
-    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True,
-                                  has_touch=True, locale="en-GB", timezone_id="Europe/Berlin")
+    context = browser.new_context(
+        viewport=PHONE,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        locale="en-GB",
+        timezone_id="Europe/Berlin",
+    )
     yield context
     context.close()
 
@@ -143,8 +164,12 @@ def axe_violations(page: Any) -> list[dict[str, Any]]:
     page.evaluate(AXE.read_text())
     result = page.evaluate("async () => (await axe.run(document)).violations")
     return [
-        {"id": v["id"], "impact": v["impact"], "help": v["help"],
-         "nodes": [n["target"] for n in v["nodes"]][:5]}
+        {
+            "id": v["id"],
+            "impact": v["impact"],
+            "help": v["help"],
+            "nodes": [n["target"] for n in v["nodes"]][:5],
+        }
         for v in result
         if v["impact"] in ("serious", "critical")
     ]

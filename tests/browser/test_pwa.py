@@ -44,3 +44,144 @@ def test_tracking_page_shows_status_timeline_items_and_carrier(
     assert "dhl.com" in (link.get_attribute("href") or "")
     assert page.get_by_role("button", name="Notify me").is_visible()
     assert real_errors(page.errors, live_server) == []  # type: ignore[attr-defined]
+
+
+def wait_for_offline_copy(page: Any) -> None:
+    """The service worker controls the page and has kept an API answer for offline use.
+
+    Polled inside one evaluate: wait_for_function takes a returned Promise as truthy at once.
+    """
+    page.evaluate(
+        """async () => {
+          const kept = async () => (await (await caches.open('waybill-api')).keys()).length > 0;
+          while (!(navigator.serviceWorker.controller && await kept())) {
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+        }"""
+    )
+
+
+def test_status_change_posted_to_the_api_appears_without_reload(
+    phone: Any, live_server: LiveServer
+) -> None:
+    if not live_server.has_socket:
+        pytest.skip("no /ws endpoint in this build yet (issue 3): live updates cannot run")
+    order = live_server.order_in_transit()
+    page = open_tracking(phone, live_server, order)
+    page.get_by_role("status").filter(has_text="Live").wait_for()
+    page.evaluate("() => { window.sameDocument = true; }")
+    r = live_server.merchant.scan(
+        order["shipment_id"], "out_for_delivery", "2026-11-26T07:00:00+00:00", location="Berlin"
+    )
+    assert r.status_code == 201
+    page.get_by_role("heading", name="Out for delivery").wait_for()
+    assert page.evaluate("() => window.sameDocument") is True
+    assert "Berlin" in page.locator(".timeline li").first.inner_text()
+    assert page.locator("#announce").inner_text() == "Status changed: Out for delivery"
+
+
+def test_offline_reload_still_shows_the_last_status(phone: Any, live_server: LiveServer) -> None:
+    order = live_server.order_in_transit()
+    page = open_tracking(phone, live_server, order)
+    wait_for_offline_copy(page)
+    phone.set_offline(True)
+    try:
+        page.reload()
+        page.get_by_role("heading", name="On the way").wait_for()
+        assert "Offline · updated" in page.locator(".freshness").inner_text()
+        assert "Leipzig hub" in page.locator(".timeline").inner_text()
+    finally:
+        phone.set_offline(False)
+
+
+def test_chromium_finds_the_app_installable(
+    playwright_instance: Any, live_server: LiveServer, tmp_path: Any
+) -> None:
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, PHONE
+
+    order = live_server.order_in_transit()
+    context = playwright_instance.chromium.launch_persistent_context(
+        str(tmp_path / "profile"),
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS,
+        viewport=PHONE,
+    )
+    try:
+        page = context.pages[0] if context.pages else context.new_page()
+        page.goto(f"{live_server.url}/t/{live_server.token_of(order)}")
+        page.wait_for_function("() => Boolean(navigator.serviceWorker.controller)")
+        cdp = context.new_cdp_session(page)
+        manifest = cdp.send("Page.getAppManifest")
+        assert manifest.get("errors") == []
+        assert manifest["url"] == f"{live_server.url}/manifest.json"
+        assert cdp.send("Page.getInstallabilityErrors")["installabilityErrors"] == []
+    finally:
+        context.close()
+
+
+def screens(context: Any, server: LiveServer) -> dict[str, str]:
+    """Every screen of the app, signed in where it needs to be."""
+    email = "screens@example.com"
+    order = server.order_in_transit(email=email)
+    sign_in(context, server, email)
+    return {
+        "tracking": f"/t/{server.token_of(order)}",
+        "home": "/",
+        "order": f"/orders/{order['id']}",
+        "settings": "/settings",
+    }
+
+
+def test_no_screen_scrolls_sideways_or_has_serious_axe_violations(
+    phone: Any, live_server: LiveServer
+) -> None:
+    paths = screens(phone, live_server)
+    page = phone.new_page()
+    found: dict[str, Any] = {}
+    for name, path in paths.items():
+        page.goto(live_server.url + path)
+        page.locator("main h1").first.wait_for()
+        width = page.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+        assert width[0] <= width[1] == 360, (name, width)
+        found[name] = axe_violations(page)
+    # Signed out: the sign-in screen, its second step and a wrong tracking link.
+    phone.clear_cookies()
+    page.goto(live_server.url + "/sign-in")
+    page.get_by_label("Email address").wait_for()
+    found["sign-in"] = axe_violations(page)
+    page.get_by_label("Email address").fill("nobody@example.com")
+    page.get_by_role("button", name="Send me a code").click()
+    page.get_by_label("6-digit code").wait_for()
+    found["sign-in-code"] = axe_violations(page)
+    page.goto(live_server.url + "/t/" + "x" * 32)
+    page.get_by_role("heading", level=1).wait_for()
+    found["not-found"] = axe_violations(page)
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_sign_in_works_with_the_keyboard_alone(phone: Any, live_server: LiveServer) -> None:
+    email = "keyboard@example.com"
+    live_server.order_in_transit(email=email)
+    page = phone.new_page()
+    page.goto(live_server.url + "/sign-in")
+    page.get_by_label("Email address").wait_for()
+
+    def tab_to(element_id: str) -> None:
+        for _ in range(15):
+            page.keyboard.press("Tab")
+            if page.evaluate("() => document.activeElement.id") == element_id:
+                return
+        raise AssertionError(f"Tab never reached #{element_id}")
+
+    tab_to("email")
+    page.keyboard.type(email)
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Check your mail").wait_for()
+    mail = live_server.smtp.wait_for(email)[-1]
+    code = str(mail["Subject"]).rsplit(" ", 1)[1]
+    tab_to("code")
+    page.keyboard.type(code)
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Your orders").wait_for()
+    assert page.url == live_server.url + "/"
+    assert page.locator(".order-card").count() == 1

@@ -1,4 +1,4 @@
-// Building DOM without innerHTML: every string becomes a text node, so shop data stays text.
+// Building DOM from nodes, never from markup: every string becomes a text node, so shop data stays text.
 const SVG = 'http://www.w3.org/2000/svg';
 
 export function h(tag, attrs = {}, ...children) {

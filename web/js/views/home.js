@@ -22,13 +22,15 @@ export function group(order) {
 
 function card(order) {
   const e = eta(order);
-  const sub = order.status === 'delivered' || !e ? order.packages?.summary || '' : t('order.expected', { date: formatDay(e) });
+  let sub = order.packages?.total > 1 ? order.packages.summary : '';
+  if (group(order) === 'today') sub = t('order.expectedToday');
+  else if (!DONE.has(order.status) && e) sub = t('order.expected', { date: formatDay(e) });
   return h('li', {}, h('a', { class: 'order-card', href: `/orders/${order.id}`, 'data-order': order.id },
     icon(order.status),
     h('span', {},
       h('strong', { text: statusLabel(order.status) }),
       h('span', { class: 'sub', text: `${order.merchant.name} · ${order.external_id}` }),
-      sub ? h('span', { class: 'sub', text: ` · ${sub}` }) : null)));
+      sub ? h('span', { class: 'sub', text: sub }) : null)));
 }
 
 export async function render(app) {
@@ -70,7 +72,7 @@ export async function render(app) {
   refreshButton.addEventListener('click', () => load(true));
 
   app.show(h('div', {}, pull,
-    h('div', { class: 'row' }, h('h1', { text: t('home.title') }), h('div', { class: 'actions' }, refreshButton)),
+    h('div', { class: 'page-head' }, h('h1', { text: t('home.title') }), refreshButton),
     stamp, list));
   document.title = `${t('home.title')} · Waybill`;
   if (!(await load())) return;
