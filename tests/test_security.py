@@ -190,3 +190,53 @@ def test_rate_limits_are_shared_across_workers_through_redis(instance_dir, redis
     finally:
         for a in apps:
             _close(a)
+
+
+def test_wrong_tokens_on_the_socket_share_the_tracking_budget(instance_dir, merchant):
+    """``/ws?track=`` with wrong tokens counts with /api/track; the 429 comes at the handshake."""
+    import socket
+    import threading
+
+    import requests
+    import websocket
+    from werkzeug.serving import make_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = _app(instance_dir, base_url=f"http://127.0.0.1:{port}")
+    if not any(rule.rule == "/ws" for rule in app.url_map.iter_rules()):
+        _close(app)
+        pytest.skip("no /ws yet")
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = app.test_client()
+        for i in range(10):
+            assert client.get(f"/api/track/{'w' * 20}{i:04d}").status_code == 404
+        for i in range(10):
+            ws = websocket.create_connection(
+                f"ws://127.0.0.1:{port}/ws?track={'v' * 20}{i:04d}", timeout=5
+            )
+            opcode, data = ws.recv_data(control_frame=True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE
+            assert int.from_bytes(data[:2], "big") == 4404  # no such order
+            ws.shutdown()
+        handshake = {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        with requests.Session() as http:
+            refused = http.get(
+                f"http://127.0.0.1:{port}/ws?track={'u' * 24}", headers=handshake, timeout=5
+            )
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.json()["error"]["code"] == "too_many_requests"
+    finally:
+        server.shutdown()
+        thread.join(5)
+        _close(app)
