@@ -23,9 +23,11 @@ from sqlmodel import Session, col, select
 
 from waybill.config import Settings
 from waybill.models import Customer, Merchant, Order, utcnow
-from waybill.notify import content, mail, outbox
+from waybill.notify import content, mail, outbox, preferences
 from waybill.notify.models import OutboxMessage, PushSubscription
 from waybill.notify.webpush import (
+    Outgoing,
+    PushResult,
     PushSender,
     Subscription,
     b64url,
@@ -73,7 +75,7 @@ class Worker:
             load_vapid(settings), settings.vapid_subject, timeout=push_timeout,
             pool_size=concurrency,
         )
-        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="waybill-push")
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="waybill-mail")
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,8 +91,13 @@ class Worker:
         )
         if not ids:
             return 0
-        jobs = self._prepare(ids, now)
-        outcomes = list(self.pool.map(lambda job: job(), jobs))
+        pushes, jobs = self._prepare(ids, now)
+        others = [self.pool.submit(job) for job in jobs]  # email, meanwhile, on the pool
+        results = self.sender.send_many([m for _, m in pushes]) if pushes else []
+        outcomes = [
+            self._push_outcome(row_id, r) for (row_id, _), r in zip(pushes, results, strict=True)
+        ]
+        outcomes += [f.result() for f in others]
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             outbox.record(session, owner=self.owner, outcomes=outcomes, now=max(now, utcnow()))
         return len(ids)
@@ -142,125 +149,124 @@ class Worker:
 
     # --- one batch ---------------------------------------------------------------------------
 
-    def _prepare(self, ids: list[int], now: datetime) -> list[Callable[[], outbox.Outcome]]:
-        """Load everything a batch needs in a few queries, and build one send per row."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            rows = list(session.exec(select(OutboxMessage).where(col(OutboxMessage.id).in_(ids))))
+    def _prepare(
+        self, ids: list[int], now: datetime
+    ) -> tuple[list[tuple[int, Outgoing]], list[Callable[[], outbox.Outcome]]]:
+        """Load everything a batch needs in a few queries: the push messages to send, and a
+        job for every other row (email, or an outcome known without sending).
+
+        Plain column rows, not ORM objects: building model instances cost more than the
+        encryption."""
+        Od, M, C, S, X = Order, Merchant, Customer, PushSubscription, OutboxMessage  # noqa: N806
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(X.id, X.order_id, X.destination, X.change_id, X.channel,
+                       X.subscription_id, X.status).where(col(X.id).in_(ids))
+            ).all()
             orders = {
-                o.id: o
-                for o in session.exec(
-                    select(Order).where(col(Order.id).in_({r.order_id for r in rows}))
+                r[0]: r
+                for r in session.exec(
+                    select(Od.id, Od.external_id, Od.merchant_id, Od.customer_id, Od.tracking_token,
+                           Od.estimated_delivery).where(col(Od.id).in_({r[1] for r in rows}))
                 )
             }
-            merchants = {
-                m.id: m
-                for m in session.exec(
-                    select(Merchant).where(
-                        col(Merchant.id).in_({o.merchant_id for o in orders.values()})
-                    )
-                )
-            }
+            merchants = dict(
+                session.exec(
+                    select(M.id, M.name).where(col(M.id).in_({o[2] for o in orders.values()}))
+                ).all()
+            )
             customers = {
-                c.id: c
-                for c in session.exec(
-                    select(Customer).where(
-                        col(Customer.id).in_({o.customer_id for o in orders.values()})
+                r[0]: r
+                for r in session.exec(
+                    select(C.id, C.preferences, C.locale, C.timezone).where(
+                        col(C.id).in_({o[3] for o in orders.values()})
                     )
                 )
             }
             subs = {
-                s.id: s
-                for s in session.exec(
-                    select(PushSubscription).where(
-                        col(PushSubscription.id).in_(
-                            {r.subscription_id for r in rows if r.subscription_id}
-                        )
+                r[0]: r
+                for r in session.exec(
+                    select(S.id, S.customer_id, S.endpoint, S.p256dh, S.auth, S.language).where(
+                        col(S.id).in_({r[5] for r in rows if r[5]})
                     )
                 )
             }
+        prefs_of: dict[int, preferences.Preferences] = {}
+
+        def prefs_for(customer_id: int) -> preferences.Preferences | None:
+            if customer_id not in prefs_of and customer_id in customers:
+                _, stored, locale, zone = customers[customer_id]
+                prefs_of[customer_id] = preferences.load(stored, language=locale, timezone=zone)
+            return prefs_of.get(customer_id)
+
         jobs: list[Callable[[], outbox.Outcome]] = []
+        pushes: list[tuple[int, Outgoing]] = []
         # Two statuses of one order for one destination in a batch would race each other to
         # the phone: only the newest goes.
         newest: dict[tuple[int, str], int] = {}
         for row in rows:
-            key = (row.order_id, row.destination)
-            newest[key] = max(newest.get(key, 0), row.change_id)
-        for row in rows:
-            if row.change_id < newest[(row.order_id, row.destination)]:
-                jobs.append(_const(outbox.Outcome(row.id, "superseded", "a newer status")))  # type: ignore[arg-type]
+            key = (row[1], row[2])
+            newest[key] = max(newest.get(key, 0), row[3])
+        for row_id, order_id, destination, change_id, channel, sub_id, status in rows:
+            if change_id < newest[(order_id, destination)]:
+                jobs.append(_const(outbox.Outcome(row_id, "superseded", "a newer status")))
                 continue
-            order = orders.get(row.order_id)
+            order = orders.get(order_id)
             if order is None:
-                jobs.append(_const(outbox.Outcome(row.id, "dropped", "order gone")))  # type: ignore[arg-type]
+                jobs.append(_const(outbox.Outcome(row_id, "dropped", "order gone")))
                 continue
-            customer = customers.get(order.customer_id)
+            _, number, merchant_id, customer_id, token, estimate = order
             facts = content.OrderFacts(
-                order_id=order.id,  # type: ignore[arg-type]
-                number=order.external_id,
-                merchant=merchants[order.merchant_id].name,
-                status=row.status,
-                url=f"{self.settings.base_url}/t/{order.tracking_token}",
-                estimated_delivery=order.estimated_delivery,
+                order_id=order_id,
+                number=number,
+                merchant=merchants.get(merchant_id, ""),
+                status=status,
+                url=f"{self.settings.base_url}/t/{token}",
+                estimated_delivery=estimate,
             )
-            if row.channel == "push":
-                sub = subs.get(row.subscription_id) if row.subscription_id else None
+            prefs = prefs_for(customer_id)
+            if channel == "push":
+                sub = subs.get(sub_id) if sub_id else None
                 if sub is None:
-                    jobs.append(_const(outbox.Outcome(row.id, "dropped", "subscription gone")))  # type: ignore[arg-type]
+                    jobs.append(_const(outbox.Outcome(row_id, "dropped", "subscription gone")))
                     continue
-                if sub.customer_id is not None and customer is not None:
-                    prefs = outbox.customer_preferences(customer)
+                _, sub_customer, endpoint, p256dh, auth, sub_language = sub
+                if sub_customer is not None and prefs is not None:
                     language, zone = prefs.language, prefs.timezone
                 else:
-                    language, zone = sub.language, "UTC"
+                    language, zone = sub_language, "UTC"
                 msg = content.message(facts, language=language, now=now, timezone=zone)
-                jobs.append(self._push_job(row, sub, facts, msg))
-            elif row.channel == "email" and customer is not None:
-                jobs.append(self._email_job(row, customer, facts, now))
+                pushes.append((row_id, Outgoing(
+                    Subscription(endpoint, p256dh, auth),
+                    content.push_payload(facts, msg),
+                    ttl_for(status), urgency_for(status), topic_for(order_id),
+                )))
+            elif channel == "email" and prefs is not None:
+                jobs.append(self._email_job(row_id, destination, customer_id, prefs, facts, now))
             else:
-                jobs.append(_const(outbox.Outcome(row.id, "dropped", "no recipient")))  # type: ignore[arg-type]
-        return jobs
+                jobs.append(_const(outbox.Outcome(row_id, "dropped", "no recipient")))
+        return pushes, jobs
 
-    def _push_job(
-        self, row: OutboxMessage, sub: PushSubscription, facts: content.OrderFacts,
-        msg: content.Message,
-    ) -> Callable[[], outbox.Outcome]:
-        payload = content.push_payload(facts, msg)
-        target = Subscription(sub.endpoint, sub.p256dh, sub.auth)
-        row_id = row.id
-        assert row_id is not None
-
-        def send() -> outbox.Outcome:
-            try:
-                result = self.sender.send(
-                    target, payload, ttl=ttl_for(facts.status), urgency=urgency_for(facts.status),
-                    topic=topic_for(facts.order_id),
-                )
-            except Exception as exc:  # a bug or a bad key must not stop the batch
-                log.exception("push to subscription %s failed", sub.id)
-                return outbox.Outcome(row_id, "retry", f"{exc.__class__.__name__}: {exc}")
-            if result.outcome == "rejected":
-                log.warning(
-                    "push service refused subscription %s with %s: %s",
-                    sub.id, result.status, result.detail,
-                )
-            detail = f"{result.status} {result.detail}".strip() if result.status else result.detail
-            return outbox.Outcome(row_id, result.outcome, detail, result.retry_after)
-
-        return send
+    @staticmethod
+    def _push_outcome(row_id: int, result: PushResult) -> outbox.Outcome:
+        if result.outcome == "rejected":
+            log.warning("push service refused row %s: %s %s", row_id, result.status, result.detail)
+        detail = f"{result.status} {result.detail}".strip() if result.status else result.detail
+        return outbox.Outcome(row_id, result.outcome, detail, result.retry_after)
 
     def _email_job(
-        self, row: OutboxMessage, customer: Customer, facts: content.OrderFacts, now: datetime
+        self, row_id: int, to: str, customer_id: int, prefs: preferences.Preferences,
+        facts: content.OrderFacts, now: datetime,
     ) -> Callable[[], outbox.Outcome]:
-        prefs = outbox.customer_preferences(customer)
         msg = content.message(facts, language=prefs.language, now=now, timezone=prefs.timezone)
         url = (
             f"{self.settings.base_url}/unsubscribe/"
-            f"{unsubscribe_token(self.settings.secret_key, customer.id)}"  # type: ignore[arg-type]
+            f"{unsubscribe_token(self.settings.secret_key, customer_id)}"
         )
         text, html = content.email_parts(facts, msg, language=prefs.language, unsubscribe_url=url)
         message = mail.build_message(
             self.settings,
-            to=row.destination,
+            to=to,
             subject=msg.title,
             text=text,
             html=html,
@@ -269,9 +275,6 @@ class Worker:
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             },
         )
-        row_id = row.id
-        assert row_id is not None
-
         def send() -> outbox.Outcome:
             try:
                 mail.send(self.settings, message)

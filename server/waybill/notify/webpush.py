@@ -8,6 +8,7 @@ always passes a timeout.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -19,6 +20,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -164,7 +166,9 @@ class PushSender:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self._headers: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self.pool_size = pool_size
+        self._async: _AsyncTransport | None = None
 
     def vapid_header(self, endpoint: str, now: float | None = None) -> str:
         """The ``Authorization`` header for the endpoint's origin, signed at most hourly-ish."""
@@ -182,14 +186,15 @@ class PushSender:
             self._headers[origin] = (header, exp - JWT_REFRESH_BEFORE)
         return header
 
+    def headers_for(self, sub: Subscription, urgency: str, topic: str) -> dict[str, str]:
+        auth = self.vapid_header(sub.endpoint)
+        return {"Authorization": auth, "Urgency": urgency, "Topic": topic}
+
     def send(
         self, sub: Subscription, payload: bytes, *, ttl: int, urgency: str, topic: str
     ) -> PushResult:
-        headers = {
-            "Authorization": self.vapid_header(sub.endpoint),
-            "Urgency": urgency,
-            "Topic": topic,
-        }
+        """One message through pywebpush and the shared ``requests.Session``."""
+        headers = self.headers_for(sub, urgency, topic)
         info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}
         try:
             resp = WebPusher(info, requests_session=self.session).send(
@@ -202,6 +207,88 @@ class PushSender:
 
     def close(self) -> None:
         self.session.close()
+        if self._async is not None:
+            self._async.close()
+            self._async = None
+
+    def send_many(self, messages: list[Outgoing]) -> list[PushResult]:
+        """Send a batch with up to ``pool_size`` requests in flight; results in input order."""
+        if not messages:
+            return []
+        if self._async is None:
+            with self._lock:
+                if self._async is None:
+                    self._async = _AsyncTransport(self, self.pool_size)
+        return self._async.send_many(messages)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message of a batch."""
+
+    subscription: Subscription
+    payload: bytes
+    ttl: int
+    urgency: str
+    topic: str
+
+
+class _AsyncTransport:
+    """pywebpush's async path on one event loop thread with one shared aiohttp session.
+
+    A thread per request in flight costs too much CPU (requests spends ~0.8 ms a message);
+    one loop keeps hundreds of requests waiting on slow push services for little.
+    """
+
+    def __init__(self, sender: PushSender, concurrency: int) -> None:
+        self.sender = sender
+        self.concurrency = concurrency
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="waybill-push-io", daemon=True
+        )
+        self.thread.start()
+        self.session = asyncio.run_coroutine_threadsafe(self._open(), self.loop).result()
+
+    async def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
+        return aiohttp.ClientSession(connector=connector)
+
+    def send_many(self, messages: list[Outgoing]) -> list[PushResult]:
+        return asyncio.run_coroutine_threadsafe(self._all(messages), self.loop).result()
+
+    async def _all(self, messages: list[Outgoing]) -> list[PushResult]:
+        gate = asyncio.Semaphore(self.concurrency)
+        timeout = aiohttp.ClientTimeout(total=self.sender.timeout)
+
+        async def one(m: Outgoing) -> PushResult:
+            sub = m.subscription
+            info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}
+            headers = self.sender.headers_for(sub, m.urgency, m.topic)
+            async with gate:
+                try:
+                    resp = await WebPusher(info, aiohttp_session=self.session).send_async(
+                        m.payload, headers, ttl=m.ttl, timeout=timeout
+                    )
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    return PushResult("retry", None, None, f"{exc.__class__.__name__}: {exc}"[:300])
+                except Exception as exc:  # a bad key must not fail the batch
+                    return PushResult("rejected", None, None, f"{exc.__class__.__name__}: {exc}")
+            assert isinstance(resp, aiohttp.ClientResponse)
+            return classify(resp.status, resp.headers.get("Retry-After"))
+
+        return list(await asyncio.gather(*(one(m) for m in messages)))
+
+    def close(self) -> None:
+        async def shut() -> None:
+            await self.session.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
 
 
 def classify(status: int, retry_after: str | None, text: str = "") -> PushResult:
