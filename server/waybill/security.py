@@ -70,9 +70,9 @@ def content_security_policy(settings: Settings) -> str:
     )
 
 
-PERMISSIONS_POLICY = (
-    "camera=(), microphone=(), geolocation=(), payment=(), usb=(), serial=(), bluetooth=(), "
-    "magnetometer=(), gyroscope=(), accelerometer=(), interest-cohort=(), "
+PERMISSIONS_POLICY = (  # only features Chromium knows: unknown ones log a console warning
+    "camera=(), microphone=(), geolocation=(), payment=(), usb=(), serial=(), "
+    "magnetometer=(), gyroscope=(), accelerometer=(), "
     "publickey-credentials-get=(self), publickey-credentials-create=(self)"
 )
 _CORS_HEADERS = (
