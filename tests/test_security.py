@@ -240,3 +240,20 @@ def test_wrong_tokens_on_the_socket_share_the_tracking_budget(instance_dir, merc
         server.shutdown()
         thread.join(5)
         _close(app)
+
+
+def test_code_and_passkey_sign_in_attempts_are_limited_per_ip(instance_dir):
+    limits = {"sign_in_code_per_ip": "3/hour", "passkey_sign_in_per_ip": "3/hour"}
+    app = _app(instance_dir, extra={"rate_limits": limits})
+    try:
+        client = app.test_client()
+        for _ in range(3):
+            r = client.post("/auth/code", json={"email": "a@example.com", "code": "123456"})
+            assert r.status_code == 401
+        _assert_429(client.post("/auth/code", json={"email": "a@example.com", "code": "123456"}))
+        for _ in range(3):
+            assert client.post("/auth/passkey/options", json={}).status_code == 200
+        _assert_429(client.post("/auth/passkey/options", json={}))
+        _assert_429(client.post("/auth/passkey", json={"credential": {}}))
+    finally:
+        _close(app)

@@ -31,7 +31,7 @@ DEFAULT_LIMITS: dict[str, str] = {
     "sign_in_email_per_address": "5/hour",
     "sign_in_email_per_ip": "30/hour",
     "sign_in_code_per_ip": "60/hour",
-    "passkey_sign_in_per_ip": "60/hour",
+    "passkey_sign_in_per_ip": "120/hour",  # options and answer count together
     "tracking_wrong_token_per_ip": "20/minute;200/day",
     "merchant_api_per_key": "6000/minute",
 }
@@ -136,11 +136,12 @@ def init_app(app: Flask) -> Limiter:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.secure_cookies,
     )
+    prefix = str(settings.extra.get("rate_limit_prefix", "waybill"))
     limiter = Limiter(
         _client_ip,
         storage_uri=storage,
         strategy="moving-window",
-        key_prefix=str(settings.extra.get("rate_limit_prefix", "waybill")),
+        key_prefix=prefix,
         headers_enabled=False,
         swallow_errors=not settings.testing,  # a broken Redis must not take sign-in down
     )
@@ -164,7 +165,7 @@ def init_app(app: Flask) -> Limiter:
     @app.before_request
     def _socket_tracking_limit() -> None:
         if request.path == "/ws" and "track" in request.args:
-            _check_socket_token(limiter, limits["tracking_wrong_token_per_ip"])
+            _check_socket_token(limiter, prefix, limits["tracking_wrong_token_per_ip"])
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -211,7 +212,9 @@ def _limit_routes(app: Flask, limiter: Limiter, limits: dict[str, str]) -> None:
         elif rule.rule == "/auth/code" and "POST" in methods:
             wrapped = limiter.limit(limits["sign_in_code_per_ip"], methods=["POST"])(wrapped)
         elif rule.rule.startswith("/auth/passkey") and "POST" in methods:
-            wrapped = limiter.limit(limits["passkey_sign_in_per_ip"], methods=["POST"])(wrapped)
+            wrapped = limiter.shared_limit(
+                limits["passkey_sign_in_per_ip"], scope="passkey-sign-in", methods=["POST"]
+            )(wrapped)
         elif rule.rule.startswith(("/api/track/<", "/t/<")):
             wrapped = limiter.shared_limit(
                 limits["tracking_wrong_token_per_ip"],
@@ -222,17 +225,14 @@ def _limit_routes(app: Flask, limiter: Limiter, limits: dict[str, str]) -> None:
             app.view_functions[endpoint] = wrapped
 
 
-def _check_socket_token(limiter: Limiter, limit_value: str) -> None:
+def _check_socket_token(limiter: Limiter, prefix: str, limit_value: str) -> None:
     """``/ws?track=`` shares the tracking-token budget; a wrong token costs one try."""
     from waybill.api.track import order_by_token
     from waybill.db import get_session
 
     items = [parse_limit(part) for part in limit_value.split(";") if part.strip()]
-    args = (
-        [limiter._key_prefix, _client_ip(), _TRACKING_SCOPE]
-        if limiter._key_prefix
-        else [_client_ip(), _TRACKING_SCOPE]
-    )
+    # The same bucket flask-limiter fills for the shared limit on /api/track and /t.
+    args = [prefix, _client_ip(), _TRACKING_SCOPE] if prefix else [_client_ip(), _TRACKING_SCOPE]
     strategy = limiter.limiter
     for item in items:
         if not strategy.test(item, *args):
