@@ -77,8 +77,14 @@ def test_passkey_sign_in_refuses_unknown_credentials(client):
     }
     r = client.post("/auth/passkey", json={"credential": fake})
     assert r.status_code == 400  # no options asked for on this browser
-    options = client.post("/auth/passkey/options", json={}).get_json()
+    r = client.post("/auth/passkey/options", json={})
+    options = r.get_json()
     assert options["challenge"] and options.get("allowCredentials", []) == []
+    # The challenge rides in Flask's signed cookie, as guarded as the session's.
+    flow = [c for c in r.headers.getlist("Set-Cookie") if c.startswith("waybill_flow=")]
+    assert len(flow) == 1
+    attrs = [a.strip().lower() for a in flow[0].split(";")]
+    assert "httponly" in attrs and "samesite=lax" in attrs
     r = client.post("/auth/passkey", json={"credential": fake})
     assert r.status_code == 401
     assert client.get("/api/me").status_code == 401
