@@ -15,7 +15,8 @@ import smtplib
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
@@ -54,6 +55,17 @@ def read_unsubscribe_token(secret: str, token: str) -> int | None:
     return int(cid) if hmac.compare_digest(expected.encode(), token.encode()) else None
 
 
+@dataclass
+class _Batch:
+    """Claimed rows on their way out."""
+
+    ids: list[int]
+    now: datetime
+    rows: list[int]  # the outbox row of each push message, in order
+    pushes: Future[list[PushResult]]
+    others: list[Future[outbox.Outcome]]
+
+
 class Worker:
     """One outbox worker; ``run_once`` is also what tests and benchmarks drive directly."""
 
@@ -62,8 +74,8 @@ class Worker:
         engine: Engine,
         settings: Settings,
         *,
-        concurrency: int = 64,
-        batch_size: int = 256,
+        concurrency: int = 256,
+        batch_size: int = 512,
         lease: timedelta = timedelta(minutes=2),
         poll_interval: float = 1.0,
         push_timeout: float = 10.0,
@@ -85,31 +97,55 @@ class Worker:
 
     def run_once(self, now: datetime | None = None) -> int:
         """Claim one batch of due rows, send them all, record the outcomes; returns the count."""
-        now = now or utcnow()
+        batch = self._begin(now or utcnow())
+        if batch is None:
+            return 0
+        self._finish(batch)
+        return len(batch.ids)
+
+    def run_until_idle(self, now: datetime | None = None, *, max_batches: int = 1000) -> int:
+        """Send everything due. The next batch is claimed and encrypted while the previous one
+        is still waiting on the push services."""
+        total = 0
+        flying: _Batch | None = None
+        for _ in range(max_batches):
+            batch = self._begin(now or utcnow())
+            if flying is not None:
+                self._finish(flying)
+            if batch is None:
+                break
+            total += len(batch.ids)
+            flying = batch
+        else:
+            if flying is not None:
+                self._finish(flying)
+        return total
+
+    def _begin(self, now: datetime) -> _Batch | None:
         ids = outbox.claim(
             self.engine, owner=self.owner, limit=self.batch_size, now=now, lease=self.lease
         )
         if not ids:
-            return 0
+            return None
         pushes, jobs = self._prepare(ids, now)
-        others = [self.pool.submit(job) for job in jobs]  # email, meanwhile, on the pool
-        results = self.sender.send_many([m for _, m in pushes]) if pushes else []
-        outcomes = [
-            self._push_outcome(row_id, r) for (row_id, _), r in zip(pushes, results, strict=True)
-        ]
-        outcomes += [f.result() for f in others]
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            outbox.record(session, owner=self.owner, outcomes=outcomes, now=max(now, utcnow()))
-        return len(ids)
+        return _Batch(
+            ids=ids,
+            now=now,
+            rows=[row_id for row_id, _ in pushes],
+            pushes=self.sender.send_many_async([m for _, m in pushes]),
+            others=[self.pool.submit(job) for job in jobs],  # email, meanwhile, on the pool
+        )
 
-    def run_until_idle(self, now: datetime | None = None, *, max_batches: int = 1000) -> int:
-        total = 0
-        for _ in range(max_batches):
-            n = self.run_once(now)
-            total += n
-            if n == 0:
-                break
-        return total
+    def _finish(self, batch: _Batch) -> None:
+        results = batch.pushes.result()
+        outcomes = [
+            self._push_outcome(row_id, r) for row_id, r in zip(batch.rows, results, strict=True)
+        ]
+        outcomes += [f.result() for f in batch.others]
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            outbox.record(
+                session, owner=self.owner, outcomes=outcomes, now=max(batch.now, utcnow())
+            )
 
     def start(self) -> Worker:
         self._thread = threading.Thread(target=self._loop, name="waybill-outbox", daemon=True)
@@ -132,7 +168,7 @@ class Worker:
         while not self._stop.is_set():
             try:
                 self._cleanup()
-                if self.run_once() == 0:
+                if self.run_until_idle() == 0:
                     self.wake.wait(self.poll_interval)
                     self.wake.clear()
             except Exception:
