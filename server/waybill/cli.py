@@ -81,7 +81,7 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
 
 @main.command()
-@click.option("--concurrency", default=64, show_default=True, type=int,
+@click.option("--concurrency", default=256, show_default=True, type=int,
               help="Notifications in flight at once.")
 @_config_errors
 def worker(concurrency: int) -> None:
