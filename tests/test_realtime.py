@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import queue
+import shutil
+import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +24,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
-from tests.utils.factories import AuthActions, MerchantActions
+from tests.conftest import make_settings
+from tests.utils.factories import AuthActions, MerchantActions, make_merchant
+from waybill import create_app
+from waybill.api.schemas import OrderEventCreate
+from waybill.db import session_scope
+from waybill.ingest import record_order_event
+from waybill.models import Order
+from waybill.realtime.broker import RESUBSCRIBED, RedisBroker
 
 #: ``next_frame`` answers this when the server closed the socket: ("close", code).
 CLOSED = "close"
@@ -247,3 +262,129 @@ def test_cookie_socket_from_another_site_is_refused(
     auth.sign_in("frank@example.com")
     evil = connect(cookie=_session_cookie(client), origin="https://evil.example")
     assert evil.next_frame() == (CLOSED, 4401)
+
+
+def test_serving_several_workers_with_the_memory_broker_is_refused(instance_dir: Path) -> None:
+    env = {
+        **os.environ,
+        "WAYBILL_INSTANCE_DIR": str(instance_dir),
+        "WAYBILL_BROKER_URL": "memory://",
+    }
+    waybill = str(Path(sys.executable).with_name("waybill"))
+    out = subprocess.run(
+        [waybill, "serve", "--workers", "2", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "WAYBILL_BROKER_URL=redis://" in out.stderr
+
+
+# --- the Redis broker against a Redis of its own, which the test stops and starts ----------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start (and restart) a private redis-server on a fixed free port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed: cannot restart a Redis under test")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        return proc
+
+    start.url = f"redis://127.0.0.1:{port}/0"  # type: ignore[attr-defined]
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_redis_broker_resubscribes_after_redis_restarts(
+    own_redis: Callable[[], subprocess.Popen[bytes]],
+) -> None:
+    redis_proc = own_redis()
+    broker = RedisBroker(own_redis.url)  # type: ignore[attr-defined]
+    received: queue.Queue[dict[str, Any]] = queue.Queue()
+    broker.subscribe(received.put)
+    try:
+        assert broker.subscribed.wait(10)
+        broker.publish({"cursor": 1})
+        assert received.get(timeout=10) == {"cursor": 1}
+
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+        broker.publish({"cursor": 2})  # lost with Redis: logged, never raised into the request
+        own_redis()
+
+        assert received.get(timeout=20) == RESUBSCRIBED  # "you may have missed some: catch up"
+        broker.publish({"cursor": 3})
+        assert received.get(timeout=10) == {"cursor": 3}
+    finally:
+        broker.close()
+
+
+def test_sockets_catch_up_on_changes_published_while_redis_was_down(
+    own_redis: Callable[[], subprocess.Popen[bytes]],
+    instance_dir: Path,
+) -> None:
+    redis_proc = own_redis()
+    app = create_app(make_settings(instance_dir, broker_url=own_redis.url))  # type: ignore[attr-defined]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = app.test_client()
+    shop = make_merchant(app, client)
+    order = shop.create_order("gina@example.com")
+    live = LiveClient(f"http://127.0.0.1:{server.server_port}", track=_token(order))
+    try:
+        live.hello()
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+        # a change committed meanwhile (here by a background job; the API's rate limiter
+        # needs Redis too): its publish fails and is only logged
+        with session_scope(app.extensions["waybill.engine"]) as session:
+            row = session.get(Order, order["id"])
+            assert row is not None
+            record_order_event(
+                session=session, order=row, data=OrderEventCreate(status="processing")
+            )
+        update = live.updates(1)[0]  # the hub reads the change log, not just the broker
+        assert update["order"]["status"] == "processing"
+        own_redis()
+    finally:
+        live.close()
+        app.extensions["waybill.hub"].close()
+        app.extensions["waybill.broker"].close()
+        server.shutdown()
+        server.server_close()
+        app.extensions["waybill.engine"].dispose()

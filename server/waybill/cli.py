@@ -70,14 +70,12 @@ def init() -> None:
 @click.option("--workers", default=None, type=int, help="Worker processes (default: one per core).")
 @_config_errors
 def serve(host: str, port: int, workers: int | None) -> None:
-    """Serve the app."""
-    from waybill import create_app
+    """Serve the app: gunicorn with gevent workers (more than one needs a Redis broker)."""
+    from waybill import serve as server
 
     settings = _settings()
-    _engine(settings)
-    app = create_app(settings)
-    click.echo(f"Waybill on http://{host}:{port}  (base URL {settings.base_url})")
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    _engine(settings).dispose()
+    server.run(settings, host=host, port=port, workers=workers)
 
 
 @main.command()

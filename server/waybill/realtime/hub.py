@@ -240,7 +240,7 @@ class Hub:
         poll_interval: float = 1.0,
         max_pending: int = 512 * 1024,
         send_buffer: int = 64 * 1024,
-        close_grace: float = 5.0,
+        close_grace: float = 30.0,
         gap_grace: float = 0.5,
     ) -> None:
         # reads only: SQLite transactions may begin deferred, beside the writers (WAL)
@@ -288,14 +288,16 @@ class Hub:
         if self._unsubscribe is not None:
             self._unsubscribe()
 
-    def shutdown(self, code: int = CLOSE_GOING_AWAY, reason: str = "server restarting") -> None:
+    def shutdown(
+        self, code: int = CLOSE_GOING_AWAY, reason: str = "server restarting", grace: float = 3.0
+    ) -> None:
         """Close every socket with ``code`` so that clients reconnect elsewhere and resume."""
         with self.lock:
             self._shutting_down = True
             conns = list(self._all())
             for conn in conns:
                 conn.close(code, reason, cut_off=False)
-        self.kill_later(conns)
+        self.kill_later(conns, grace)
 
     def _on_message(self, _message: Message) -> None:
         self._wake.set()
@@ -306,15 +308,18 @@ class Hub:
         for conns in self.by_order.values():
             yield from conns
 
-    def kill_later(self, conns: list[Connection]) -> None:
-        """Drop these connections after ``close_grace`` unless they have closed by then."""
+    def kill_later(self, conns: list[Connection], grace: float | None = None) -> None:
+        """Drop these connections after a grace period unless they have closed by then.
+
+        An overflowed socket holds only its close frame meanwhile, so the grace is long
+        enough for a client that resumes reading to learn why it was closed."""
 
         def kill() -> None:
             with self.lock:
                 for conn in conns:
                     conn.kill()
 
-        timer = threading.Timer(self.close_grace, kill)
+        timer = threading.Timer(self.close_grace if grace is None else grace, kill)
         timer.daemon = True
         timer.start()
 
