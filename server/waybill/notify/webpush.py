@@ -22,6 +22,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import http_ece
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -225,6 +226,19 @@ class PushSender:
         return self._async.send_many(messages)
 
 
+def encrypt(sub: Subscription, payload: bytes) -> bytes:
+    """RFC 8291 aes128gcm for one subscription, with a fresh ephemeral key: exactly what
+    ``pywebpush.WebPusher.encode`` does, without its per-call copying of the subscription."""
+    return http_ece.encrypt(  # type: ignore[no-any-return]
+        payload,
+        salt=None,
+        private_key=ec.generate_private_key(ec.SECP256R1()),
+        dh=b64url_decode(sub.p256dh),
+        auth_secret=b64url_decode(sub.auth),
+        version="aes128gcm",
+    )
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """One message of a batch."""
@@ -241,7 +255,7 @@ class _AsyncTransport:
 
     Measured here: pywebpush + requests spends ~0.8 ms of CPU a message and aiohttp ~0.5 ms;
     push services answer small, so a plain keep-alive client on asyncio streams does the same
-    for a fraction. The encryption is still pywebpush's (``WebPusher.encode``, RFC 8291).
+    for a fraction. The encryption is the same http_ece call pywebpush makes (RFC 8291).
     """
 
     def __init__(self, sender: PushSender, concurrency: int) -> None:
@@ -274,9 +288,8 @@ class _AsyncTransport:
 
     async def _one(self, m: Outgoing) -> PushResult:
         sub = m.subscription
-        info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}
         try:
-            body = WebPusher(info).encode(m.payload, "aes128gcm")["body"]
+            body = encrypt(sub, m.payload)
         except Exception as exc:  # a subscription whose keys cannot be used
             return PushResult("rejected", None, None, f"{exc.__class__.__name__}: {exc}")
         parts = urlsplit(sub.endpoint)
