@@ -19,6 +19,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 
 from waybill.api.track import order_by_token
+from waybill.auth import sessions
 from waybill.db import get_session
 
 bp = Blueprint("pages", __name__)
@@ -88,30 +89,60 @@ def _compressed(key: str, body: bytes, mimetype: str, *, cache: str, status: int
     return response
 
 
-def _shell(status: int = 200) -> Response:
-    return _compressed("index.html", web_app().shell, "text/html", cache="no-cache", status=status)
+# The modules each screen imports after the entry module: preloaded so they arrive at once.
+_VIEW_MODULES = {
+    "track": ("js/i18n/en.js", "js/views/track.js", "js/views/order-view.js", "js/push.js"),
+    "home": ("js/i18n/en.js", "js/views/home.js", "js/views/order-view.js"),
+    "settings": ("js/i18n/en.js", "js/views/settings.js", "js/push.js"),
+    "sign-in": ("js/i18n/en.js", "js/views/sign-in.js"),
+}
+
+
+def _shell(view: str, status: int = 200) -> Response:
+    response = _compressed(
+        "index.html", web_app().shell, "text/html", cache="no-cache", status=status
+    )
+    version = web_app().version
+    response.headers["Link"] = ", ".join(
+        f"</assets/{version}/{m}>; rel=modulepreload" for m in _VIEW_MODULES[view]
+    )
+    return response
 
 
 @bp.get("/")
+def home() -> Response:
+    response = _shell("home")
+    if sessions.current() is not None:  # the app asks for these two first
+        response.headers["Link"] += (
+            ", </api/me>; rel=preload; as=fetch; crossorigin"
+            ", </api/me/orders>; rel=preload; as=fetch; crossorigin"
+        )
+    return response
+
+
 @bp.get("/sign-in")
+def sign_in() -> Response:
+    return _shell("sign-in")
+
+
 @bp.get("/settings")
-def shell() -> Response:
-    return _shell()
+def settings() -> Response:
+    return _shell("settings")
 
 
 @bp.get("/orders/<int:order_id>")
 def order_page(order_id: int) -> Response:
     """The app checks the order is theirs through the API, which answers 404 otherwise."""
-    return _shell()
+    return _shell("track")
 
 
 @bp.get("/t/<token>")
 def tracking_page(token: str) -> Response:
     if order_by_token(get_session(), token) is None:
-        return _shell(404)
-    response = _shell()
+        return _shell("track", 404)
+    response = _shell("track")
     # The browser fetches the order while it loads the modules, not after.
-    response.headers["Link"] = f"</api/track/{token}>; rel=preload; as=fetch; crossorigin"
+    response.headers["Link"] += f", </api/track/{token}>; rel=preload; as=fetch; crossorigin"
     return response
 
 

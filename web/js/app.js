@@ -28,15 +28,20 @@ export class App {
   async start() {
     await setLanguage(preferredLanguage());
     this.translateShell();
-    this.registerWorker();
+    this.followLinks();
     this.offerInstall();
     await this.route();
+    // After the first screen is up, so the worker's precaching does not compete with it.
+    if (document.readyState === 'complete') this.registerWorker();
+    else addEventListener('load', () => this.registerWorker(), { once: true });
   }
 
   translateShell() {
     const d = this.doc;
     d.querySelector('.skip').textContent = t('app.skip');
     d.getElementById('install').textContent = t('app.install');
+    d.getElementById('install-text').textContent = t('app.installWhy');
+    d.getElementById('install-later').textContent = t('app.later');
     d.getElementById('nav-settings').textContent = t('app.settings');
   }
 
@@ -122,6 +127,9 @@ export class App {
       if (!hadController) { this.refresh?.(); return; }
       if (!reloading) { reloading = true; location.reload(); }
     });
+  }
+
+  followLinks() {
     // Links inside the app change screens in place; the worker keeps working offline.
     this.doc.addEventListener('click', (event) => {
       const a = event.target.closest?.('a[href^="/"]');
@@ -143,20 +151,22 @@ export class App {
   }
 
   offerInstall() {
-    const button = this.doc.getElementById('install');
+    // A fixed bar at the bottom: appearing late, it moves nothing on the page.
+    const offer = this.doc.getElementById('install-offer');
+    const later = this.doc.getElementById('install-later');
     addEventListener('beforeinstallprompt', (event) => {
       event.preventDefault();
       this.installPrompt = event;
-      button.hidden = false;
+      if (!sessionStorage.getItem('waybill.installLater')) offer.hidden = false;
     });
-    button.addEventListener('click', async () => {
+    this.doc.getElementById('install').addEventListener('click', async () => {
       const prompt = this.installPrompt;
-      if (!prompt) return;
       this.installPrompt = null;
-      button.hidden = true;
-      await prompt.prompt();
+      offer.hidden = true;
+      if (prompt) await prompt.prompt();
     });
-    addEventListener('appinstalled', () => { button.hidden = true; });
+    later.addEventListener('click', () => { offer.hidden = true; sessionStorage.setItem('waybill.installLater', '1'); });
+    addEventListener('appinstalled', () => { offer.hidden = true; });
     // iOS Safari has no install prompt; push there needs the Home Screen app.
     const ios = /iphone|ipad|ipod/i.test(navigator.userAgent) && !navigator.standalone;
     if (ios && !localStorage.getItem('waybill.iosHint')) {

@@ -3,6 +3,8 @@ export default {
   'app.loading': 'Wird geladen…',
   'app.skip': 'Zum Inhalt springen',
   'app.install': 'App installieren',
+  'app.installWhy': 'Installiere Waybill, um deine Bestellungen vom Home-Bildschirm aus zu verfolgen.',
+  'app.later': 'Später',
   'app.settings': 'Einstellungen',
   'app.update': 'Eine neue Version von Waybill ist bereit.',
   'app.reload': 'Neu laden',

@@ -3,6 +3,8 @@ export default {
   'app.loading': 'Loading…',
   'app.skip': 'Skip to content',
   'app.install': 'Install app',
+  'app.installWhy': 'Install Waybill to follow your orders from your home screen.',
+  'app.later': 'Not now',
   'app.settings': 'Settings',
   'app.update': 'A new version of Waybill is ready.',
   'app.reload': 'Reload to update',

@@ -34,8 +34,8 @@ export async function render(app, { token, orderId }) {
 
   const draw = (order, storedAt) => {
     const extra = token
-      ? [notifyButton(token), h('p', {}, h('a', { href: '/sign-in', text: t('order.signIn') }))]
-      : [h('p', {}, h('a', { href: '/', text: t('order.back') }))];
+      ? [notifyButton(token), h('p', { class: 'link-row' }, h('a', { href: '/sign-in', text: t('order.signIn') }))]
+      : [h('p', { class: 'link-row' }, h('a', { href: '/', text: t('order.back') }))];
     app.show(renderOrder(order, { storedAt, extra }));
     document.title = `${statusLabel(order.status)} · ${order.merchant.name} · Waybill`;
   };
