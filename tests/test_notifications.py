@@ -142,8 +142,11 @@ def test_muted_order_is_silent_on_every_channel(
     shopper: Shopper, push: PushService, worker: Worker, smtp: SMTPServer
 ) -> None:
     other = shopper.merchant.create_order(EMAIL)
-    r = shopper.put(f"/api/me/orders/{shopper.order['id']}/preferences", {"muted": True})
-    assert r.status_code == 200 and r.get_json() == {"order_id": shopper.order["id"], "muted": True}  # type: ignore[attr-defined]
+    path = f"/api/me/orders/{shopper.order['id']}/preferences"
+    assert shopper.client.get(path).get_json() == {"order_id": shopper.order["id"], "muted": False}
+    r = shopper.put(path, {"muted": True})
+    assert r.status_code == 200  # type: ignore[attr-defined]
+    assert shopper.client.get(path).get_json() == {"order_id": shopper.order["id"], "muted": True}
     shopper.ship()
     shopper.merchant.add_shipment(other["id"])
     worker.run_until_idle()
@@ -293,6 +296,11 @@ def test_tracking_link_subscription_hears_default_statuses_in_browser_language(
     worker.run_until_idle()
     assert [p["status"] for p in payloads(push, browser)] == ["shipped", "delivered"]
     assert payloads(push, browser)[0]["title"].startswith("Bestellung #")
+    r = client.delete(f"/api/track/{token}/push-subscriptions", json=browser.to_json())
+    assert r.status_code == 204
+    merchant.post(f"/orders/{order['id']}/events", {"status": "cancelled"})
+    worker.run_until_idle()
+    assert len(payloads(push, browser)) == 2  # forgotten: nothing more
 
 
 def test_subscriptions_are_listed_and_removed(shopper: Shopper) -> None:

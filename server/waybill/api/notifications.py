@@ -197,6 +197,25 @@ def put_preferences() -> Any:
     return jsonify(prefs.to_dict())
 
 
+def _own_order(customer: Customer, order_id: int) -> Order:
+    order = get_session().get(Order, order_id) if order_id <= MAX_ID else None
+    if order is None or order.customer_id != customer.id:
+        raise not_found("order")
+    return order
+
+
+@bp.get("/api/me/orders/<int:order_id>/preferences")
+@operation(
+    "Whether one order is muted", responses={200: OrderPreferences}, security="session",
+    tag="notifications",
+)
+def get_order_preferences(order_id: int) -> Any:
+    customer = _customer()
+    _own_order(customer, order_id)
+    muted = get_session().get(OrderMute, order_id) is not None
+    return jsonify(OrderPreferences(order_id=order_id, muted=muted).model_dump())
+
+
 @bp.put("/api/me/orders/<int:order_id>/preferences")
 @operation(
     "Mute or unmute one order on every channel", body=OrderPreferencesBody,
@@ -204,11 +223,9 @@ def put_preferences() -> Any:
 )
 def put_order_preferences(order_id: int) -> Any:
     customer = _customer()
+    _own_order(customer, order_id)
     body = parse_body(OrderPreferencesBody)
     db = get_session()
-    order = db.get(Order, order_id) if order_id <= MAX_ID else None
-    if order is None or order.customer_id != customer.id:
-        raise not_found("order")
     mute = db.get(OrderMute, order_id)
     if body.muted and mute is None:
         db.add(OrderMute(order_id=order_id))
@@ -321,6 +338,24 @@ def add_track_subscription(token: str) -> Any:
         db.add(sub)
     db.commit()
     return jsonify(_sub_public(sub)), 201
+
+
+@bp.delete("/api/track/<token>/push-subscriptions")
+@operation(
+    "Stop notifying this browser about this order", body=SubscriptionRemoveBody,
+    responses={204: None}, tag="tracking",
+)
+def remove_track_subscription(token: str) -> Any:
+    db = get_session()
+    order = order_by_token(db, token)
+    if order is None:
+        raise not_found("order")
+    body = parse_body(SubscriptionRemoveBody)
+    sub = subscriptions.find(db, scope=f"order:{order.id}", endpoint=body.endpoint)
+    if sub is not None:
+        outbox.forget_subscriptions(db, {sub.id}, now=utcnow())  # type: ignore[arg-type]
+        db.commit()
+    return Response(status=204)
 
 
 # --- email unsubscribe (the link and List-Unsubscribe of every notification email) ----------

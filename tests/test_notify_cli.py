@@ -1,0 +1,96 @@
+"""`waybill init` makes the VAPID key pair; `waybill worker` sends the outbox on its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import make_settings
+from tests.utils.factories import make_merchant
+from tests.utils.push_service import PushService
+from waybill import create_app
+from waybill.notify.webpush import b64url
+
+WAYBILL = str(Path(sys.executable).with_name("waybill"))
+
+
+def environ(instance: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
+    env.update({"WAYBILL_INSTANCE_DIR": str(instance), **extra})
+    return env
+
+
+def test_init_creates_the_vapid_key_pair_once(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    first = subprocess.run([WAYBILL, "init"], env=environ(instance), capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    key = instance / "vapid_private_key.pem"
+    assert key.exists() and oct(key.stat().st_mode & 0o777) == "0o600"
+    pem = key.read_bytes()
+    again = subprocess.run([WAYBILL, "init"], env=environ(instance), capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and key.read_bytes() == pem
+    public = first.stdout.split("VAPID public key: ", 1)[1].split()[0]
+    app = create_app(make_settings(instance, database_url=f"sqlite:///{instance}/waybill.db"))
+    try:
+        assert app.test_client().get("/api/push/public-key").get_json() == {"public_key": public}
+    finally:
+        app.extensions["waybill.engine"].dispose()
+
+
+def test_vapid_key_from_the_environment_is_used_and_nothing_written(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    raw = b64url(key.private_numbers().private_value.to_bytes(32, "big"))
+    public = b64url(key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
+    instance = tmp_path / "instance"
+    done = subprocess.run([WAYBILL, "init"], env=environ(instance, WAYBILL_VAPID_PRIVATE_KEY=raw),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"VAPID public key: {public}" in done.stdout
+    assert not (instance / "vapid_private_key.pem").exists()
+    bad = subprocess.run([WAYBILL, "init"], env=environ(instance, WAYBILL_VAPID_PRIVATE_KEY="xx"),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "WAYBILL_VAPID_PRIVATE_KEY" in bad.stderr
+
+
+def test_worker_command_sends_what_the_server_queued(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    assert subprocess.run([WAYBILL, "init"], env=environ(instance), capture_output=True,
+                          timeout=60).returncode == 0
+    push = PushService().start()
+    app = create_app(make_settings(instance, database_url=f"sqlite:///{instance}/waybill.db",
+                                   push_endpoint_hosts=("127.0.0.1:*",)))
+    worker = subprocess.Popen(
+        [WAYBILL, "worker"], env=environ(instance, WAYBILL_PUSH_ENDPOINT_HOSTS="127.0.0.1:*"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        client = app.test_client()
+        push.expected_key = client.get("/api/push/public-key").get_json()["public_key"]
+        merchant = make_merchant(app, client)
+        order = merchant.create_order("w@example.com")
+        browser = push.subscribe()
+        token = order["tracking_url"].rsplit("/", 1)[1]
+        assert client.post(f"/api/track/{token}/push-subscriptions",
+                           json=browser.to_json()).status_code == 201
+        merchant.add_shipment(order["id"])
+        assert push.wait_for(lambda: push.delivered_to(browser), timeout=30)
+        assert push.delivered_to(browser)[0].payload["status"] == "shipped"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(15) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+        worker.stdout.close()  # type: ignore[union-attr]
+        worker.stderr.close()  # type: ignore[union-attr]
+        push.stop()
+        app.extensions["waybill.engine"].dispose()
