@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
@@ -172,36 +173,24 @@ def test_sign_in_methods_say_whether_oidc_is_configured(client, provider_and_way
 @pytest.mark.browser
 def test_the_sign_in_screen_offers_the_provider_and_signs_in_through_it(provider_and_waybill):
     """In Chromium: the PWA's button, the provider's own login and consent screens, back home."""
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("no /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
+    from tests.test_passkeys import CHROMIUM, run_in_chromium
 
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium")
     base_url, issuer = provider_and_waybill
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-    ]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=args)
-        try:
-            page = browser.new_page()
-            page.goto(f"{base_url}/sign-in")
-            page.locator("#oidc-sign-in").click()
-            page.wait_for_url(f"{issuer}/**")
-            page.locator("input[name=login]").fill("ada@example.com")
-            page.locator("input[name=password]").fill("any")
-            with page.expect_navigation():
-                page.locator("button[type=submit]").click()
-            consent = page.locator("input[name=prompt][value=consent]")
-            if consent.count():
-                page.locator("button[type=submit]").click()
-            page.wait_for_url(f"{base_url}/")
-            email = page.evaluate("async () => (await (await fetch('/api/me')).json()).email")
-            assert email == "ada@example.com"
-        finally:
-            browser.close()
+
+    def scenario(page: Any) -> None:
+        page.goto(f"{base_url}/sign-in")
+        page.locator("#oidc-sign-in").click()
+        page.wait_for_url(f"{issuer}/**")
+        page.locator("input[name=login]").fill("ada@example.com")
+        page.locator("input[name=password]").fill("any")
+        with page.expect_navigation():
+            page.locator("button[type=submit]").click()
+        if page.locator("input[name=prompt][value=consent]").count():
+            page.locator("button[type=submit]").click()
+        page.wait_for_url(f"{base_url}/")
+        email = page.evaluate("async () => (await (await fetch('/api/me')).json()).email")
+        assert email == "ada@example.com"
+
+    run_in_chromium(scenario)

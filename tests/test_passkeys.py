@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,21 +143,43 @@ def localhost_server(tmp_path: Path, migrated_template: Path) -> Iterator[tuple[
         app.extensions["waybill.engine"].dispose()
 
 
+def run_in_chromium(scenario: Callable[[Any], None]) -> None:
+    """Run ``scenario(page)`` in a fresh Chromium, on a thread of its own.
+
+    The browser tests under tests/browser keep a session-wide sync Playwright on the main
+    thread, and a second one cannot start beside it there; on its own thread it can.
+    """
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        from playwright.sync_api import sync_playwright
+
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                try:
+                    context = browser.new_context(
+                        viewport={"width": 390, "height": 800}, locale="en-GB"
+                    )
+                    scenario(context.new_page())
+                finally:
+                    browser.close()
+        except BaseException as exc:  # handed to the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="chromium-scenario")
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the browser scenario did not finish in 120 s"
+    if failures:
+        raise failures[0]
+
+
 @pytest.fixture
-def chromium_page() -> Iterator[Any]:
+def in_chromium() -> Callable[[Callable[[Any], None]], None]:
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 390, "height": 800}, locale="en-GB")
-        page = context.new_page()
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
+    return run_in_chromium
 
 
 def _passkeys_in_db(app: Any) -> list[Passkey]:
@@ -166,62 +188,68 @@ def _passkeys_in_db(app: Any) -> list[Passkey]:
 
 
 @pytest.mark.browser
-def test_register_sign_out_and_sign_in_with_the_passkey_alone(localhost_server, chromium_page):
+def test_register_sign_out_and_sign_in_with_the_passkey_alone(localhost_server, in_chromium):
     url, app = localhost_server
-    page = chromium_page
     client = app.test_client()
     make_merchant(app, client).create_order(email="passkey@example.com")
     link = AuthActions(app, client).login_link("passkey@example.com")
 
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable")
-    authenticator = cdp.send(
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-                "automaticPresenceSimulation": True,
-            }
-        },
-    )["authenticatorId"]
+    def scenario(page: Any) -> None:
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("WebAuthn.enable")
+        authenticator = cdp.send(
+            "WebAuthn.addVirtualAuthenticator",
+            {
+                "options": {
+                    "protocol": "ctap2",
+                    "transport": "internal",
+                    "hasResidentKey": True,
+                    "hasUserVerification": True,
+                    "isUserVerified": True,
+                    "automaticPresenceSimulation": True,
+                }
+            },
+        )["authenticatorId"]
 
-    page.goto(f"{url}/auth/link/{link}")
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{url}/")
+        page.goto(f"{url}/auth/link/{link}")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{url}/")
 
-    page.goto(f"{url}/settings")
-    page.locator("#add-passkey").click()
-    page.wait_for_function(
-        "() => document.querySelector('#passkey-status')?.textContent === 'Passkey added.'"
-    )
-    assert page.locator("#passkey-list li[data-passkey-id]").count() == 1
-    stored = _passkeys_in_db(app)
-    assert len(stored) == 1 and stored[0].sign_count >= 0
-    creds = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
-    assert len(creds) == 1 and creds[0]["isResidentCredential"] is True
+        page.goto(f"{url}/settings")
+        page.locator("#add-passkey").click()
+        page.wait_for_function(
+            "() => document.querySelector('#passkey-status')?.textContent === 'Passkey added.'"
+        )
+        assert page.locator("#passkey-list li[data-passkey-id]").count() == 1
+        stored = _passkeys_in_db(app)
+        assert len(stored) == 1 and stored[0].sign_count >= 0
+        creds = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})[
+            "credentials"
+        ]
+        assert len(creds) == 1 and creds[0]["isResidentCredential"] is True
 
-    page.locator("#sign-out").click()
-    page.wait_for_url(f"{url}/sign-in")
-    me = page.evaluate("async () => (await fetch('/api/me')).status")
-    assert me == 401
+        page.locator("#sign-out").click()
+        page.wait_for_url(f"{url}/sign-in")
+        me = page.evaluate("async () => (await fetch('/api/me')).status")
+        assert me == 401
 
-    page.locator("#passkey-sign-in").click()
-    page.wait_for_url(f"{url}/")
-    who = page.evaluate("async () => (await (await fetch('/api/me')).json()).email")
-    assert who == "passkey@example.com"
-    assert _passkeys_in_db(app)[0].last_used_at is not None
+        page.locator("#passkey-sign-in").click()
+        page.wait_for_url(f"{url}/")
+        who = page.evaluate("async () => (await (await fetch('/api/me')).json()).email")
+        assert who == "passkey@example.com"
+        assert _passkeys_in_db(app)[0].last_used_at is not None
 
-    # Remove it: it no longer signs in.
-    page.goto(f"{url}/settings")
-    page.locator("#passkey-list li[data-passkey-id] button").click()
-    page.wait_for_function("() => !document.querySelector('#passkey-list li[data-passkey-id]')")
-    assert _passkeys_in_db(app) == []
-    page.locator("#sign-out").click()
-    page.wait_for_url(f"{url}/sign-in")
-    page.locator("#passkey-sign-in").click()
-    page.wait_for_function("() => document.querySelector('#passkey-error')?.textContent.length > 0")
-    assert page.evaluate("async () => (await fetch('/api/me')).status") == 401
+        # Remove it: it no longer signs in.
+        page.goto(f"{url}/settings")
+        page.locator("#passkey-list li[data-passkey-id] button").click()
+        page.wait_for_function("() => !document.querySelector('#passkey-list li[data-passkey-id]')")
+        assert _passkeys_in_db(app) == []
+        page.locator("#sign-out").click()
+        page.wait_for_url(f"{url}/sign-in")
+        page.locator("#passkey-sign-in").click()
+        page.wait_for_function(
+            "() => document.querySelector('#passkey-error')?.textContent.length > 0"
+        )
+        assert page.evaluate("async () => (await fetch('/api/me')).status") == 401
+
+    in_chromium(scenario)
