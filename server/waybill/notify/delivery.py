@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from waybill.config import Settings
+from waybill.db import read_engine
 from waybill.models import Customer, Merchant, Order, utcnow
 from waybill.notify import content, mail, outbox, preferences
 from waybill.notify.models import OutboxMessage, PushSubscription
@@ -194,7 +195,7 @@ class Worker:
         Plain column rows, not ORM objects: building model instances cost more than the
         encryption."""
         Od, M, C, S, X = Order, Merchant, Customer, PushSubscription, OutboxMessage  # noqa: N806
-        with Session(self.engine) as session:
+        with Session(read_engine(self.engine)) as session:
             rows = session.exec(
                 select(X.id, X.order_id, X.destination, X.change_id, X.channel,
                        X.subscription_id, X.status).where(col(X.id).in_(ids))
