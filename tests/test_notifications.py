@@ -389,3 +389,24 @@ def test_worker_started_by_the_app_delivers_without_help(
     finally:
         app.extensions["waybill.worker"].stop()
         app.extensions["waybill.engine"].dispose()
+
+
+def test_tracking_link_subscription_is_forgotten_30_days_after_delivery(
+    app: Flask, merchant: MerchantActions, client: FlaskClient, push: PushService
+) -> None:
+    from waybill.notify import outbox
+    from waybill.notify.models import PushSubscription
+
+    order = merchant.create_order("anon@example.com")
+    token = order["tracking_url"].rsplit("/", 1)[1]
+    assert client.post(f"/api/track/{token}/push-subscriptions",
+                       json=push.subscribe().to_json()).status_code == 201
+    merchant.post(f"/orders/{order['id']}/events", {"status": "cancelled"})
+    engine = app.extensions["waybill.engine"]
+    now = datetime.now(UTC)
+    with Session(engine) as s, s.begin():
+        assert outbox.expire_anonymous(s, now=now + timedelta(days=29)) == 0
+    with Session(engine) as s, s.begin():
+        assert outbox.expire_anonymous(s, now=now + timedelta(days=31)) == 1
+    with Session(engine) as s:
+        assert s.exec(select(PushSubscription)).all() == []
