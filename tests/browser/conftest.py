@@ -92,6 +92,7 @@ def live_server(
         instance,
         base_url=url,
         smtp_url=smtp.url,
+        push_endpoint_hosts=("127.0.0.1:*",),
         extra={"rate_limits": {"tracking_wrong_token_per_ip": "1000/minute"}},
     )
     app = create_app(settings)

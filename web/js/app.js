@@ -111,7 +111,7 @@ export class App {
 
   registerWorker() {
     if (!('serviceWorker' in navigator)) return;
-    const hadController = Boolean(navigator.serviceWorker.controller);
+    let hadController = Boolean(navigator.serviceWorker.controller);
     navigator.serviceWorker.register('/sw.js', { scope: '/' }).then((reg) => {
       if (reg.waiting && navigator.serviceWorker.controller) this.offerUpdate(reg.waiting);
       reg.addEventListener('updatefound', () => {
@@ -124,7 +124,7 @@ export class App {
     let reloading = false;
     navigator.serviceWorker.addEventListener('controllerchange', () => {
       // First install: fetch again through the worker so an offline visit has this answer.
-      if (!hadController) { this.refresh?.(); return; }
+      if (!hadController) { hadController = true; this.refresh?.(); return; }
       if (!reloading) { reloading = true; location.reload(); }
     });
   }

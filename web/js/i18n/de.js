@@ -98,4 +98,8 @@ export default {
   'settings.account': 'Konto',
   'settings.signedInAs': 'Angemeldet als {email}',
   'settings.signOut': 'Abmelden',
+  'settings.remove': 'Entfernen',
+  'settings.removeDevice': '{device} entfernen',
+  'settings.device': 'Ein Gerät',
+  'order.mute': 'Mitteilungen für diese Bestellung stummschalten',
 };

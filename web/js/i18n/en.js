@@ -98,4 +98,8 @@ export default {
   'settings.account': 'Account',
   'settings.signedInAs': 'Signed in as {email}',
   'settings.signOut': 'Sign out',
+  'settings.remove': 'Remove',
+  'settings.removeDevice': 'Remove {device}',
+  'settings.device': 'A device',
+  'order.mute': 'Mute notifications for this order',
 };

@@ -26,17 +26,36 @@ function toggle(id, text, checked) {
     h('input', { type: 'checkbox', role: 'switch', id, checked }));
 }
 
-async function devices(app) {
+async function devices() {
   const state = h('span', { class: 'muted' });
   const button = h('button', { type: 'button', id: 'push-device' });
+  const list = h('ul', { class: 'devices', id: 'devices' });
+  const note = h('p', { class: 'small', role: 'status' });
   const target = '/api/me/push-subscriptions';
+
+  const drawList = async () => {
+    let subs = [];
+    try {
+      subs = (await get(target)).data.subscriptions || [];
+    } catch {
+      subs = [];
+    }
+    list.replaceChildren(...(subs.length ? subs.map((sub) => {
+      const remove = h('button', { type: 'button', class: 'ghost', text: t('settings.remove'),
+        'aria-label': t('settings.removeDevice', { device: sub.label || t('settings.device') }) });
+      remove.addEventListener('click', async () => {
+        await request('DELETE', `${target}/${sub.id}`).catch(() => {});
+        await drawList();
+      });
+      return h('li', { class: 'device' }, h('span', { text: sub.label || t('settings.device') }), remove);
+    }) : [h('li', { class: 'muted', text: t('settings.noDevices') })]));
+  };
   const update = async () => {
     const sub = await currentSubscription().catch(() => null);
     state.textContent = sub ? t('settings.pushOn') : t('settings.pushOff');
     button.textContent = sub ? t('settings.disablePush') : t('settings.enablePush');
     button.dataset.on = sub ? '1' : '';
   };
-  const note = h('p', { class: 'small', role: 'status' });
   button.addEventListener('click', async () => {
     button.disabled = true;
     note.textContent = '';
@@ -46,7 +65,7 @@ async function devices(app) {
       note.textContent = err.message === 'denied' ? t('notify.denied') : t('notify.failed');
     }
     button.disabled = false;
-    await update();
+    await Promise.all([update(), drawList()]);
   });
   if (!pushSupported()) {
     button.hidden = true;
@@ -54,8 +73,10 @@ async function devices(app) {
   } else {
     update();
   }
+  await drawList();
   return h('fieldset', {}, h('legend', { text: t('settings.devices') }),
-    h('ul', { class: 'devices' }, h('li', {}, h('strong', { text: `${t('settings.thisDevice')}: ` }), state)),
+    list,
+    h('p', {}, h('strong', { text: `${t('settings.thisDevice')}: ` }), state),
     button, note);
 }
 
@@ -127,7 +148,7 @@ export async function render(app) {
   app.show(h('div', {},
     h('h1', { text: t('settings.title') }),
     form,
-    await devices(app),
+    await devices(),
     h('fieldset', {}, h('legend', { text: t('settings.account') }),
       h('p', { text: t('settings.signedInAs', { email: who.email }) }),
       // Issue 6 mounts passkey management here.

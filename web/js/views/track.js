@@ -1,5 +1,5 @@
 // The tracking page /t/<token> (no account) and the order detail /orders/<id> (signed in).
-import { ApiError, get } from '../api.js';
+import { ApiError, get, request } from '../api.js';
 import { h } from '../dom.js';
 import { statusLabel, t } from '../i18n.js';
 import { pushSupported, subscribe } from '../push.js';
@@ -28,14 +28,32 @@ function notifyButton(token) {
   return h('div', { class: 'actions', id: 'notify' }, button, note);
 }
 
+/** Signed-in customers may silence one order on every channel. */
+function muteSwitch(orderId) {
+  const path = `/api/me/orders/${orderId}/preferences`;
+  const input = h('input', { type: 'checkbox', role: 'switch', id: 'mute-order', disabled: true });
+  get(path).then(({ data }) => { input.checked = Boolean(data.muted); input.disabled = false; }).catch(() => {});
+  input.addEventListener('change', async () => {
+    input.disabled = true;
+    try {
+      await request('PUT', path, { muted: input.checked });
+    } catch {
+      input.checked = !input.checked;
+    }
+    input.disabled = false;
+  });
+  return h('label', { class: 'switch', for: 'mute-order' }, h('span', { text: t('order.mute') }), input);
+}
+
 export async function render(app, { token, orderId }) {
   const path = token ? `/api/track/${encodeURIComponent(token)}` : `/api/me/orders/${orderId}`;
   let current = null;
+  const mute = orderId ? muteSwitch(orderId) : null;
 
   const draw = (order, storedAt) => {
     const extra = token
       ? [notifyButton(token), h('p', { class: 'link-row' }, h('a', { href: '/sign-in', text: t('order.signIn') }))]
-      : [h('p', { class: 'link-row' }, h('a', { href: '/', text: t('order.back') }))];
+      : [mute, h('p', { class: 'link-row' }, h('a', { href: '/', text: t('order.back') }))];
     app.show(renderOrder(order, { storedAt, extra }));
     document.title = `${statusLabel(order.status)} · ${order.merchant.name} · Waybill`;
   };
