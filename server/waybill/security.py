@@ -177,7 +177,7 @@ def init_app(app: Flask) -> Limiter:
         h["X-Frame-Options"] = "DENY"
         h["Cross-Origin-Opener-Policy"] = "same-origin"
         if hsts:
-            h["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+            h["Strict-Transport-Security"] = "max-age=31536000"  # this host only
         for name in _CORS_HEADERS:
             h.pop(name, None)
         if request.path.startswith(("/api/", "/auth/")) and "Cache-Control" not in h:
