@@ -57,7 +57,12 @@ export async function render(app) {
   const load = async (announce = false) => {
     try {
       const res = await get('/api/me/orders');
-      orders = res.data.orders;
+      // A live update newer than this answer wins: answers can arrive late.
+      const known = new Map(orders.map((o) => [o.id, o]));
+      orders = res.data.orders.map((o) => {
+        const k = known.get(o.id);
+        return k && (k.cursor || 0) > (o.cursor || 0) ? k : o;
+      });
       stamp.textContent = res.storedAt ? t('order.updatedAgo', { ago: timeAgo(res.storedAt) }) : '';
       for (const o of orders) app.live?.seen(o.cursor);
       draw();

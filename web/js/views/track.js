@@ -61,6 +61,8 @@ export async function render(app, { token, orderId }) {
   const load = async () => {
     try {
       const { data, storedAt } = await get(path);
+      // A live update newer than this answer wins: answers can arrive late.
+      if (current && (current.cursor || 0) > (data.cursor || 0)) return;
       current = data;
       draw(data, storedAt);
       app.live?.seen(data.cursor);
