@@ -127,3 +127,28 @@ def test_only_known_push_services_and_configured_hosts_are_accepted() -> None:
         "keys.p256dh": "must be base64url of a 65-byte uncompressed P-256 point",
         "keys.auth": "must be base64url of 16 bytes",
     }
+
+
+def test_https_push_service_over_kept_alive_connections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.utils.push_service import PushService, self_signed_tls
+    from waybill.notify.webpush import Outgoing, Subscription
+
+    server_tls, client_tls = self_signed_tls(tmp_path)
+    push = PushService(tls=server_tls).start()
+    keys = VapidKeys(ec.generate_private_key(ec.SECP256R1()))
+    push.expected_key = keys.public_key
+    sender = PushSender(keys, "mailto:ops@x.test", pool_size=4, tls=client_tls)
+    try:
+        browsers = [push.subscribe() for _ in range(10)]
+        batch = [
+            Outgoing(Subscription(b.endpoint, **b.to_json()["keys"]),
+                     b'{"title": "hi"}', 60, "normal", "order-1")
+            for b in browsers
+        ]
+        assert [r.outcome for r in sender.send_many(batch)] == ["sent"] * 10
+        assert [r.outcome for r in sender.send_many(batch)] == ["sent"] * 10
+        assert push.errors == [] and len(push.deliveries) == 20
+        assert {d.payload["title"] for d in push.deliveries} == {"hi"}
+    finally:
+        sender.close()
+        push.stop()

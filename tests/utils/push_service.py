@@ -13,6 +13,7 @@ import base64
 import itertools
 import json
 import os
+import ssl
 import threading
 import time
 from collections import deque
@@ -65,7 +66,9 @@ class Delivery:
 
 
 class PushService:
-    def __init__(self, *, decrypt: bool = True, delay: float = 0.0) -> None:
+    def __init__(
+        self, *, decrypt: bool = True, delay: float = 0.0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.decrypt, self.delay = decrypt, delay
         self.expected_key: str | None = None
         self.subscriptions: dict[str, BrowserSubscription] = {}
@@ -103,6 +106,9 @@ class PushService:
         self.server.request_queue_size = 256
         self.port = self.server.server_address[1]
         self.origin = f"http://127.0.0.1:{self.port}"
+        if tls is not None:  # a push service over https, as the real ones are
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.origin = f"https://localhost:{self.port}"
         self._thread: threading.Thread | None = None
 
     # --- control ------------------------------------------------------------------------------
@@ -226,3 +232,33 @@ class PushService:
         if not str(claims.get("sub", "")).startswith(("mailto:", "https://")):
             raise ValueError("sub is not mailto: or https:")
         return claims
+
+
+def self_signed_tls(tmp: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context for ``localhost`` and a client context that trusts only it."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "push-cert.pem", tmp / "push-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_path, key_path)
+    client = ssl.create_default_context(cafile=str(cert_path))
+    return server, client

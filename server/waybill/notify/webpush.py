@@ -159,9 +159,11 @@ class PushSender:
     """Sends encrypted messages; safe to share between the threads of one worker."""
 
     def __init__(
-        self, keys: VapidKeys, subject: str, *, timeout: float = 10.0, pool_size: int = 64
+        self, keys: VapidKeys, subject: str, *, timeout: float = 10.0, pool_size: int = 64,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.keys, self.subject, self.timeout = keys, subject, timeout
+        self.tls = tls or ssl.create_default_context()  # whom https push services may be
         self._vapid = Vapid02(private_key=keys.private_key)
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=32, pool_maxsize=pool_size, max_retries=0)
@@ -263,7 +265,7 @@ class _AsyncTransport:
         self.concurrency = concurrency
         self.idle: dict[tuple[str, str, int], list[tuple[asyncio.StreamReader,
                                                          asyncio.StreamWriter]]] = {}
-        self.tls = ssl.create_default_context()
+        self.tls = sender.tls
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="waybill-push-io", daemon=True
