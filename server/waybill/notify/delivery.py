@@ -1,8 +1,9 @@
 """The outbox worker: claims due rows, sends them by Web Push or email, records the outcome.
 
 It runs as a background thread inside the server (``settings.run_worker``) or alone through
-``waybill worker``. Sending happens on a pool of threads (greenlets under gevent), so many
-requests are in flight at once while the push services take their time to answer.
+``waybill worker``. Push messages of a batch go out together from one event loop (hundreds in
+flight while the push services take their time to answer); emails go through a small thread
+pool meanwhile; the next batch is claimed and encrypted while the previous one is in flight.
 """
 
 from __future__ import annotations
