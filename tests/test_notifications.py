@@ -103,6 +103,7 @@ def test_push_payload_and_headers(shopper: Shopper, push: PushService, worker: W
         "tag": f"order-{order_id}",
         "order_id": order_id,
         "status": "shipped",
+        "lang": "en",
     }
     assert first.headers["urgency"] == "normal"
     assert first.headers["topic"] == f"order-{order_id}"

@@ -93,6 +93,7 @@ class OrderFacts:
 class Message:
     title: str
     body: str
+    lang: str = "en"
 
 
 def _lang(language: str) -> str:
@@ -134,7 +135,7 @@ def message(
         active = facts.status in ("shipped", "in_transit", "out_for_delivery", "exception")
         if facts.estimated_delivery and active:
             body += " — " + estimate_phrase(facts.estimated_delivery, now, lang, timezone)
-    return Message(title=title, body=body)
+    return Message(title=title, body=body, lang=lang)
 
 
 def push_payload(facts: OrderFacts, msg: Message) -> bytes:
@@ -146,6 +147,7 @@ def push_payload(facts: OrderFacts, msg: Message) -> bytes:
         "tag": f"order-{facts.order_id}",
         "order_id": facts.order_id,
         "status": facts.status,
+        "lang": msg.lang,  # for the notification's own lang attribute
     }
     data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     while len(data) > MAX_PAYLOAD and doc["body"]:
