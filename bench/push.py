@@ -60,11 +60,18 @@ def serve_push(port: int, delay: float, ready: multiprocessing.synchronize.Event
                     return
                 head = self.buffer[:head_end].lower()
                 at = head.find(b"content-length:")
-                length = int(head[at + 15:head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0
-                                  else None]) if at >= 0 else 0
+                length = (
+                    int(
+                        head[
+                            at + 15 : head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0 else None
+                        ]
+                    )
+                    if at >= 0
+                    else 0
+                )
                 if len(self.buffer) < head_end + 4 + length:
                     return
-                self.buffer = self.buffer[head_end + 4 + length:]
+                self.buffer = self.buffer[head_end + 4 + length :]
                 if delay:
                     self.loop.call_later(delay, self._answer)
                 else:
@@ -107,21 +114,30 @@ def make_subscriptions(n: int, origin: str) -> list[dict]:
 
     subs = []
     for i in range(n):
-        key = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        key = (
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         )
-        subs.append({
-            "endpoint": f"{origin}/push/{i}",
-            "keys": {"p256dh": b64url(key), "auth": b64url(os.urandom(16))},
-        })
+        subs.append(
+            {
+                "endpoint": f"{origin}/push/{i}",
+                "keys": {"p256dh": b64url(key), "auth": b64url(os.urandom(16))},
+            }
+        )
     return subs
 
 
-PAYLOAD = json.dumps({
-    "title": "Order #1042 is out for delivery", "body": "From Acme — arriving today",
-    "url": "https://waybill.example/t/abcdefabcdefabcdefabcdef", "tag": "order-1042",
-    "order_id": 1042, "status": "out_for_delivery",
-}).encode()
+PAYLOAD = json.dumps(
+    {
+        "title": "Order #1042 is out for delivery",
+        "body": "From Acme — arriving today",
+        "url": "https://waybill.example/t/abcdefabcdefabcdefabcdef",
+        "tag": "order-1042",
+        "order_id": 1042,
+        "status": "out_for_delivery",
+    }
+).encode()
 
 
 def floor(subs: list[dict]) -> float:
@@ -134,8 +150,10 @@ def floor(subs: list[dict]) -> float:
     start = time.perf_counter()
     for sub in subs:
         http_ece.encrypt(
-            PAYLOAD, private_key=ec.generate_private_key(ec.SECP256R1()),
-            dh=b64url_decode(sub["keys"]["p256dh"]), auth_secret=b64url_decode(sub["keys"]["auth"]),
+            PAYLOAD,
+            private_key=ec.generate_private_key(ec.SECP256R1()),
+            dh=b64url_decode(sub["keys"]["p256dh"]),
+            auth_secret=b64url_decode(sub["keys"]["auth"]),
             version="aes128gcm",
         )
     return len(subs) / (time.perf_counter() - start)
@@ -147,8 +165,14 @@ def naive(subs: list[dict], private_pem: str) -> float:
 
     start = time.perf_counter()
     for sub in subs:
-        webpush(sub, PAYLOAD, vapid_private_key=private_pem,
-                vapid_claims={"sub": "mailto:bench@waybill.invalid"}, ttl=3600, timeout=10)
+        webpush(
+            sub,
+            PAYLOAD,
+            vapid_private_key=private_pem,
+            vapid_claims={"sub": "mailto:bench@waybill.invalid"},
+            ttl=3600,
+            timeout=10,
+        )
     return len(subs) / (time.perf_counter() - start)
 
 
@@ -161,7 +185,10 @@ def shared_session(subs: list[dict], keys) -> float:  # type: ignore[no-untyped-
     for sub in subs:
         result = sender.send(
             Subscription(sub["endpoint"], sub["keys"]["p256dh"], sub["keys"]["auth"]),
-            PAYLOAD, ttl=3600, urgency="high", topic="order-1042",
+            PAYLOAD,
+            ttl=3600,
+            urgency="high",
+            topic="order-1042",
         )
         assert result.outcome == "sent", result
     rate = len(subs) / (time.perf_counter() - start)
@@ -180,29 +207,91 @@ def seed_outbox(engine, subs: list[dict]) -> None:  # type: ignore[no-untyped-de
     n = len(subs)
     with engine.begin() as conn:
         conn.execute(sa.insert(Merchant), [{"id": "mer_bench", "name": "Acme", "created_at": now}])
-        conn.execute(sa.insert(Customer), [
-            {"id": i + 1, "email": f"c{i}@bench.invalid", "created_at": now,
-             "preferences": None} for i in range(n)])
-        conn.execute(sa.insert(Order), [
-            {"id": i + 1, "merchant_id": "mer_bench", "customer_id": i + 1,
-             "external_id": f"B{i}", "tracking_token": f"tok{i:021d}",
-             "tracking_token_hash": f"h{i}", "status": "out_for_delivery", "items": [],
-             "request_hash": "x", "created_at": now, "updated_at": now} for i in range(n)])
-        conn.execute(sa.insert(Change), [
-            {"id": i + 1, "order_id": i + 1, "customer_id": i + 1, "kind": "event.recorded",
-             "status_before": "in_transit", "status_after": "out_for_delivery",
-             "created_at": now} for i in range(n)])
-        conn.execute(sa.insert(PushSubscription), [
-            {"id": i + 1, "scope": f"customer:{i + 1}", "customer_id": i + 1,
-             "endpoint": s["endpoint"], "endpoint_hash": f"e{i}", "p256dh": s["keys"]["p256dh"],
-             "auth": s["keys"]["auth"], "label": "Chrome", "language": "en",
-             "created_at": now} for i, s in enumerate(subs)])
-        conn.execute(sa.insert(OutboxMessage), [
-            {"dedupe_key": f"{i + 1}:push:sub:{i + 1}", "change_id": i + 1, "order_id": i + 1,
-             "customer_id": i + 1, "channel": "push", "destination": f"sub:{i + 1}",
-             "subscription_id": i + 1, "status": "out_for_delivery", "state": "pending",
-             "attempts": 0, "due_at": now, "deadline": now + timedelta(days=1),
-             "created_at": now} for i in range(n)])
+        conn.execute(
+            sa.insert(Customer),
+            [
+                {
+                    "id": i + 1,
+                    "email": f"c{i}@bench.invalid",
+                    "created_at": now,
+                    "preferences": None,
+                }
+                for i in range(n)
+            ],
+        )
+        conn.execute(
+            sa.insert(Order),
+            [
+                {
+                    "id": i + 1,
+                    "merchant_id": "mer_bench",
+                    "customer_id": i + 1,
+                    "external_id": f"B{i}",
+                    "tracking_token": f"tok{i:021d}",
+                    "tracking_token_hash": f"h{i}",
+                    "status": "out_for_delivery",
+                    "items": [],
+                    "request_hash": "x",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(n)
+            ],
+        )
+        conn.execute(
+            sa.insert(Change),
+            [
+                {
+                    "id": i + 1,
+                    "order_id": i + 1,
+                    "customer_id": i + 1,
+                    "kind": "event.recorded",
+                    "status_before": "in_transit",
+                    "status_after": "out_for_delivery",
+                    "created_at": now,
+                }
+                for i in range(n)
+            ],
+        )
+        conn.execute(
+            sa.insert(PushSubscription),
+            [
+                {
+                    "id": i + 1,
+                    "scope": f"customer:{i + 1}",
+                    "customer_id": i + 1,
+                    "endpoint": s["endpoint"],
+                    "endpoint_hash": f"e{i}",
+                    "p256dh": s["keys"]["p256dh"],
+                    "auth": s["keys"]["auth"],
+                    "label": "Chrome",
+                    "language": "en",
+                    "created_at": now,
+                }
+                for i, s in enumerate(subs)
+            ],
+        )
+        conn.execute(
+            sa.insert(OutboxMessage),
+            [
+                {
+                    "dedupe_key": f"{i + 1}:push:sub:{i + 1}",
+                    "change_id": i + 1,
+                    "order_id": i + 1,
+                    "customer_id": i + 1,
+                    "channel": "push",
+                    "destination": f"sub:{i + 1}",
+                    "subscription_id": i + 1,
+                    "status": "out_for_delivery",
+                    "state": "pending",
+                    "attempts": 0,
+                    "due_at": now,
+                    "deadline": now + timedelta(days=1),
+                    "created_at": now,
+                }
+                for i in range(n)
+            ],
+        )
 
 
 def worker_rate(subs: list[dict], workdir: Path, template: Path) -> tuple[float, int]:
@@ -217,8 +306,11 @@ def worker_rate(subs: list[dict], workdir: Path, template: Path) -> tuple[float,
     shutil.copy(template, instance / "waybill.db")
     shutil.copy(template.parent / "vapid_private_key.pem", instance / "vapid_private_key.pem")
     settings = Settings(
-        instance_dir=instance, database_url=f"sqlite:///{instance / 'waybill.db'}",
-        secret_key="bench", push_endpoint_hosts=("127.0.0.1:*",), run_worker=False,
+        instance_dir=instance,
+        database_url=f"sqlite:///{instance / 'waybill.db'}",
+        secret_key="bench",
+        push_endpoint_hosts=("127.0.0.1:*",),
+        run_worker=False,
     ).resolved()
     engine = create_engine(settings)
     seed_outbox(engine, subs)
@@ -259,11 +351,13 @@ def main() -> None:
                 subs = make_subscriptions(N, origin)
                 rate, ok = worker_rate(subs, workdir, template)
                 assert ok == N, f"only {ok} of {N} marked sent"
-                sample = subs[:NAIVE_N if delay_ms else N // 2]
+                sample = subs[: NAIVE_N if delay_ms else N // 2]
                 naive_rate = naive(sample, pem)
                 shared_rate = shared_session(sample, keys)
                 results[f"{delay_ms}ms"] = {
-                    "worker": rate, "naive": naive_rate, "shared": shared_rate
+                    "worker": rate,
+                    "naive": naive_rate,
+                    "shared": shared_rate,
                 }
             finally:
                 service.stop()
@@ -274,30 +368,55 @@ def main() -> None:
     r0, r50 = results["0ms"], results["50ms"]
     rows = [
         ("naive pywebpush.webpush() per message", r0["naive"], r50["naive"]),
-        ("pywebpush, shared requests.Session, cached VAPID, 1 at a time",
-         r0["shared"], r50["shared"]),
-        (f"outbox worker ({CONCURRENCY} in flight, shared session, cached VAPID)",
-         r0["worker"], r50["worker"]),
+        (
+            "pywebpush, shared requests.Session, cached VAPID, 1 at a time",
+            r0["shared"],
+            r50["shared"],
+        ),
+        (
+            f"outbox worker ({CONCURRENCY} in flight, shared session, cached VAPID)",
+            r0["worker"],
+            r50["worker"],
+        ),
         ("floor: http_ece.encrypt alone, no HTTP", floor_rate, floor_rate),
     ]
-    print(f"Web Push: {N} notifications to {N} subscriptions, loopback push service"
-          f"{' (BENCH_QUICK)' if QUICK else ''}; notifications per second")
+    print(
+        f"Web Push: {N} notifications to {N} subscriptions, loopback push service"
+        f"{' (BENCH_QUICK)' if QUICK else ''}; notifications per second"
+    )
     print(f"{'':66} {'answer at once':>15} {'answer at 50 ms':>16}")
     for name, a, b in rows:
         print(f"{name:66} {a:15,.0f} {b:16,.0f}")
     speedup = r0["worker"] / r0["naive"]
-    goals = {"x_naive_at_0ms": round(speedup, 2), "goal_x_naive": 4.0,
-             "at_50ms": round(r50["worker"]), "goal_at_50ms": 2000}
-    print(f"worker vs naive at 0 ms: {speedup:.1f}x (goal 4x); at 50 ms: "
-          f"{r50['worker']:,.0f}/s (goal 2,000/s)")
-    print(json.dumps({
-        "bench": "push", "n": N, "quick": QUICK, "concurrency": CONCURRENCY,
-        "worker_0ms": round(r0["worker"]), "worker_50ms": round(r50["worker"]),
-        "naive_0ms": round(r0["naive"]), "naive_50ms": round(r50["naive"]),
-        "shared_session_0ms": round(r0["shared"]), "shared_session_50ms": round(r50["shared"]),
-        "floor": round(floor_rate), **goals,
-        "ok": speedup >= 4.0 and r50["worker"] >= 2000,
-    }))
+    goals = {
+        "x_naive_at_0ms": round(speedup, 2),
+        "goal_x_naive": 4.0,
+        "at_50ms": round(r50["worker"]),
+        "goal_at_50ms": 2000,
+    }
+    print(
+        f"worker vs naive at 0 ms: {speedup:.1f}x (goal 4x); at 50 ms: "
+        f"{r50['worker']:,.0f}/s (goal 2,000/s)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "push",
+                "n": N,
+                "quick": QUICK,
+                "concurrency": CONCURRENCY,
+                "worker_0ms": round(r0["worker"]),
+                "worker_50ms": round(r50["worker"]),
+                "naive_0ms": round(r0["naive"]),
+                "naive_50ms": round(r50["naive"]),
+                "shared_session_0ms": round(r0["shared"]),
+                "shared_session_50ms": round(r50["shared"]),
+                "floor": round(floor_rate),
+                **goals,
+                "ok": speedup >= 4.0 and r50["worker"] >= 2000,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,7 @@ def smtp() -> Iterator[SMTPServer]:
 
 @pytest.fixture
 def settings(instance_dir: Path, smtp: SMTPServer) -> Settings:
-    return make_settings(
-        instance_dir, push_endpoint_hosts=("127.0.0.1:*",), smtp_url=smtp.url
-    )
+    return make_settings(instance_dir, push_endpoint_hosts=("127.0.0.1:*",), smtp_url=smtp.url)
 
 
 @pytest.fixture
@@ -160,11 +158,17 @@ def test_quiet_hours_hold_collapse_then_release_when_preferences_change(
     app: Flask, shopper: Shopper, push: PushService, worker: Worker
 ) -> None:
     now = datetime.now(UTC)
-    quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"),
-             "end": (now + timedelta(hours=2)).strftime("%H:%M")}
+    quiet = {
+        "start": (now - timedelta(hours=1)).strftime("%H:%M"),
+        "end": (now + timedelta(hours=2)).strftime("%H:%M"),
+    }
     statuses = shopper.client.get("/api/me/preferences").get_json()["statuses"]
-    shopper.prefs(quiet_hours=quiet, timezone="UTC", channels={"push": True, "email": False},
-                  statuses={**statuses, "in_transit": True})
+    shopper.prefs(
+        quiet_hours=quiet,
+        timezone="UTC",
+        channels={"push": True, "email": False},
+        statuses={**statuses, "in_transit": True},
+    )
     shipment = shopper.ship()
     shopper.merchant.scan(shipment["id"], "in_transit", at(1))
     shopper.merchant.scan(shipment["id"], "out_for_delivery", at(2))
@@ -185,9 +189,14 @@ def test_quiet_hours_release_when_the_window_ends(
 ) -> None:
     now = datetime.now(UTC)
     end = now + timedelta(hours=2)
-    shopper.prefs(quiet_hours={"start": (now - timedelta(hours=1)).strftime("%H:%M"),
-                               "end": end.strftime("%H:%M")}, timezone="UTC",
-                  channels={"push": True, "email": False})
+    shopper.prefs(
+        quiet_hours={
+            "start": (now - timedelta(hours=1)).strftime("%H:%M"),
+            "end": end.strftime("%H:%M"),
+        },
+        timezone="UTC",
+        channels={"push": True, "email": False},
+    )
     shopper.ship()
     assert worker.run_until_idle() == 0
     assert worker.run_until_idle(now=end + timedelta(minutes=1)) == 1
@@ -285,11 +294,16 @@ def test_tracking_link_subscription_hears_default_statuses_in_browser_language(
     order = merchant.create_order("anon@example.com")
     token = order["tracking_url"].rsplit("/", 1)[1]
     browser = push.subscribe()
-    r = client.post(f"/api/track/{token}/push-subscriptions", json=browser.to_json(),
-                    headers={"Accept-Language": "de-DE,de;q=0.9"})
+    r = client.post(
+        f"/api/track/{token}/push-subscriptions",
+        json=browser.to_json(),
+        headers={"Accept-Language": "de-DE,de;q=0.9"},
+    )
     assert r.status_code == 201
-    assert client.post(f"/api/track/{'x' * 32}/push-subscriptions",
-                       json=browser.to_json()).status_code == 404
+    assert (
+        client.post(f"/api/track/{'x' * 32}/push-subscriptions", json=browser.to_json()).status_code
+        == 404
+    )
     shipment = merchant.add_shipment(order["id"])
     worker.run_until_idle()
     merchant.scan(shipment["id"], "in_transit", at(1))  # off by default
@@ -308,8 +322,12 @@ def test_subscriptions_are_listed_and_removed(shopper: Shopper) -> None:
     listed = shopper.client.get("/api/me/push-subscriptions").get_json()["subscriptions"]
     assert len(listed) == 1 and listed[0]["label"]
     # subscribing the same browser again keeps one row
-    assert shopper.put("/api/me/push-subscriptions", shopper.browser.to_json(),
-                       method="post").status_code == 201  # type: ignore[attr-defined]
+    assert (
+        shopper.put(
+            "/api/me/push-subscriptions", shopper.browser.to_json(), method="post"
+        ).status_code
+        == 201
+    )  # type: ignore[attr-defined]
     assert len(shopper.client.get("/api/me/push-subscriptions").get_json()["subscriptions"]) == 1
     r = shopper.put("/api/me/push-subscriptions", shopper.browser.to_json(), method="delete")
     assert r.status_code == 204  # type: ignore[attr-defined]
@@ -320,10 +338,17 @@ def test_preferences_defaults_and_validation(shopper: Shopper) -> None:
     prefs = shopper.client.get("/api/me/preferences").get_json()
     assert prefs["channels"] == {"push": True, "email": True}
     assert [s for s, on in prefs["statuses"].items() if not on] == [
-        "confirmed", "processing", "in_transit"]
+        "confirmed",
+        "processing",
+        "in_transit",
+    ]
     assert prefs["quiet_hours"] is None and prefs["timezone"] == "UTC"
-    bad = {**prefs, "timezone": "Mars/Olympus", "language": "fr",
-           "quiet_hours": {"start": "25:00", "end": "07:00"}}
+    bad = {
+        **prefs,
+        "timezone": "Mars/Olympus",
+        "language": "fr",
+        "quiet_hours": {"start": "25:00", "end": "07:00"},
+    }
     r = shopper.put("/api/me/preferences", bad)
     assert r.status_code == 422  # type: ignore[attr-defined]
     fields = r.get_json()["error"]["fields"]  # type: ignore[attr-defined]
@@ -347,19 +372,18 @@ def test_subscription_validation(shopper: Shopper, push: PushService) -> None:
     fcm = {**good, "endpoint": "https://fcm.googleapis.com/fcm/send/abc"}
     assert shopper.put("/api/me/push-subscriptions", fcm, method="post").status_code == 201  # type: ignore[attr-defined]
     plain_http = {**good, "endpoint": "http://fcm.googleapis.com/fcm/send/abc"}
-    assert shopper.put("/api/me/push-subscriptions", plain_http,
-                       method="post").status_code == 422  # type: ignore[attr-defined]
+    assert shopper.put("/api/me/push-subscriptions", plain_http, method="post").status_code == 422  # type: ignore[attr-defined]
 
 
-def test_writes_need_csrf_and_own_orders(
-    shopper: Shopper, app: Flask, push: PushService
-) -> None:
+def test_writes_need_csrf_and_own_orders(shopper: Shopper, app: Flask, push: PushService) -> None:
     c = shopper.client
     prefs = c.get("/api/me/preferences").get_json()
     assert c.put("/api/me/preferences", json=prefs).status_code == 403
     assert c.post("/api/me/push-subscriptions", json=push.subscribe().to_json()).status_code == 403
-    assert c.put(f"/api/me/orders/{shopper.order['id']}/preferences",
-                 json={"muted": True}).status_code == 403
+    assert (
+        c.put(f"/api/me/orders/{shopper.order['id']}/preferences", json={"muted": True}).status_code
+        == 403
+    )
     stranger = make_merchant(app, app.test_client(), "Other").create_order("someone@example.com")
     r = shopper.put(f"/api/me/orders/{stranger['id']}/preferences", {"muted": True})
     assert r.status_code == 404  # type: ignore[attr-defined]
@@ -370,17 +394,24 @@ def test_writes_need_csrf_and_own_orders(
 
 def test_openapi_lists_the_notification_routes(client: FlaskClient) -> None:
     paths = client.get("/api/openapi.json").get_json()["paths"]
-    for path in ("/api/me/preferences", "/api/me/orders/{order_id}/preferences",
-                 "/api/push/public-key", "/api/me/push-subscriptions",
-                 "/api/track/{token}/push-subscriptions"):
+    for path in (
+        "/api/me/preferences",
+        "/api/me/orders/{order_id}/preferences",
+        "/api/push/public-key",
+        "/api/me/push-subscriptions",
+        "/api/track/{token}/push-subscriptions",
+    ):
         assert path in paths, path
 
 
 def test_worker_started_by_the_app_delivers_without_help(
     instance_dir: Path, smtp: SMTPServer, push: PushService
 ) -> None:
-    app = create_app(make_settings(instance_dir, push_endpoint_hosts=("127.0.0.1:*",),
-                                   smtp_url=smtp.url, run_worker=True))
+    app = create_app(
+        make_settings(
+            instance_dir, push_endpoint_hosts=("127.0.0.1:*",), smtp_url=smtp.url, run_worker=True
+        )
+    )
     try:
         client = app.test_client()
         merchant = make_merchant(app, client)
@@ -400,8 +431,12 @@ def test_tracking_link_subscription_is_forgotten_30_days_after_delivery(
 
     order = merchant.create_order("anon@example.com")
     token = order["tracking_url"].rsplit("/", 1)[1]
-    assert client.post(f"/api/track/{token}/push-subscriptions",
-                       json=push.subscribe().to_json()).status_code == 201
+    assert (
+        client.post(
+            f"/api/track/{token}/push-subscriptions", json=push.subscribe().to_json()
+        ).status_code
+        == 201
+    )
     merchant.post(f"/orders/{order['id']}/events", {"status": "cancelled"})
     engine = app.extensions["waybill.engine"]
     now = datetime.now(UTC)

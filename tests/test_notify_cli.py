@@ -25,14 +25,16 @@ def environ(instance: Path, **extra: str) -> dict[str, str]:
 
 def test_init_creates_the_vapid_key_pair_once(tmp_path: Path) -> None:
     instance = tmp_path / "instance"
-    first = subprocess.run([WAYBILL, "init"], env=environ(instance), capture_output=True,
-                           text=True, timeout=60)
+    first = subprocess.run(
+        [WAYBILL, "init"], env=environ(instance), capture_output=True, text=True, timeout=60
+    )
     assert first.returncode == 0, first.stderr
     key = instance / "vapid_private_key.pem"
     assert key.exists() and oct(key.stat().st_mode & 0o777) == "0o600"
     pem = key.read_bytes()
-    again = subprocess.run([WAYBILL, "init"], env=environ(instance), capture_output=True,
-                           text=True, timeout=60)
+    again = subprocess.run(
+        [WAYBILL, "init"], env=environ(instance), capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 0 and key.read_bytes() == pem
     public = first.stdout.split("VAPID public key: ", 1)[1].split()[0]
     app = create_app(make_settings(instance, database_url=f"sqlite:///{instance}/waybill.db"))
@@ -48,29 +50,53 @@ def test_vapid_key_from_the_environment_is_used_and_nothing_written(tmp_path: Pa
 
     key = ec.generate_private_key(ec.SECP256R1())
     raw = b64url(key.private_numbers().private_value.to_bytes(32, "big"))
-    public = b64url(key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
+    public = b64url(
+        key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    )
     instance = tmp_path / "instance"
-    done = subprocess.run([WAYBILL, "init"], env=environ(instance, WAYBILL_VAPID_PRIVATE_KEY=raw),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [WAYBILL, "init"],
+        env=environ(instance, WAYBILL_VAPID_PRIVATE_KEY=raw),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert f"VAPID public key: {public}" in done.stdout
     assert not (instance / "vapid_private_key.pem").exists()
-    bad = subprocess.run([WAYBILL, "init"], env=environ(instance, WAYBILL_VAPID_PRIVATE_KEY="xx"),
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [WAYBILL, "init"],
+        env=environ(instance, WAYBILL_VAPID_PRIVATE_KEY="xx"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "WAYBILL_VAPID_PRIVATE_KEY" in bad.stderr
 
 
 def test_worker_command_sends_what_the_server_queued(tmp_path: Path) -> None:
     instance = tmp_path / "instance"
-    assert subprocess.run([WAYBILL, "init"], env=environ(instance), capture_output=True,
-                          timeout=60).returncode == 0
+    assert (
+        subprocess.run(
+            [WAYBILL, "init"], env=environ(instance), capture_output=True, timeout=60
+        ).returncode
+        == 0
+    )
     push = PushService().start()
-    app = create_app(make_settings(instance, database_url=f"sqlite:///{instance}/waybill.db",
-                                   push_endpoint_hosts=("127.0.0.1:*",)))
+    app = create_app(
+        make_settings(
+            instance,
+            database_url=f"sqlite:///{instance}/waybill.db",
+            push_endpoint_hosts=("127.0.0.1:*",),
+        )
+    )
     worker = subprocess.Popen(
-        [WAYBILL, "worker"], env=environ(instance, WAYBILL_PUSH_ENDPOINT_HOSTS="127.0.0.1:*"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [WAYBILL, "worker"],
+        env=environ(instance, WAYBILL_PUSH_ENDPOINT_HOSTS="127.0.0.1:*"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         client = app.test_client()
@@ -79,8 +105,12 @@ def test_worker_command_sends_what_the_server_queued(tmp_path: Path) -> None:
         order = merchant.create_order("w@example.com")
         browser = push.subscribe()
         token = order["tracking_url"].rsplit("/", 1)[1]
-        assert client.post(f"/api/track/{token}/push-subscriptions",
-                           json=browser.to_json()).status_code == 201
+        assert (
+            client.post(
+                f"/api/track/{token}/push-subscriptions", json=browser.to_json()
+            ).status_code
+            == 201
+        )
         merchant.add_shipment(order["id"])
         assert push.wait_for(lambda: push.delivered_to(browser), timeout=30)
         assert push.delivered_to(browser)[0].payload["status"] == "shipped"

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 def pg_app(tmp_path, pg_database: str) -> Iterator[Flask]:  # noqa: F811
-    app = create_app(make_settings(tmp_path, database_url=pg_database,
-                                   push_endpoint_hosts=("127.0.0.1:*",)))
+    app = create_app(
+        make_settings(tmp_path, database_url=pg_database, push_endpoint_hosts=("127.0.0.1:*",))
+    )
     migrate(app.extensions["waybill.engine"])
     yield app
     app.extensions["waybill.engine"].dispose()
@@ -39,8 +40,9 @@ def test_concurrent_claimers_share_the_rows_without_overlap(pg_app: Flask) -> No
         for n in range(12):
             order = merchant.create_order(f"p{n}@example.com")
             token = order["tracking_url"].rsplit("/", 1)[1]
-            r = client.post(f"/api/track/{token}/push-subscriptions",
-                            json=push.subscribe().to_json())
+            r = client.post(
+                f"/api/track/{token}/push-subscriptions", json=push.subscribe().to_json()
+            )
             assert r.status_code == 201
             merchant.add_shipment(order["id"])  # push + email row per order
         engine = pg_app.extensions["waybill.engine"]
@@ -49,8 +51,9 @@ def test_concurrent_claimers_share_the_rows_without_overlap(pg_app: Flask) -> No
 
         def claimer(i: int) -> None:
             start.wait()
-            while ids := outbox.claim(engine, owner=f"w{i}", limit=2, now=utcnow(),
-                                      lease=timedelta(minutes=1)):
+            while ids := outbox.claim(
+                engine, owner=f"w{i}", limit=2, now=utcnow(), lease=timedelta(minutes=1)
+            ):
                 claimed[i].extend(ids)
 
         threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]

@@ -54,22 +54,30 @@ def test_quiet_hours_within_one_day() -> None:
 
 def test_invalid_preferences_name_every_field() -> None:
     with pytest.raises(InvalidPreferences) as info:
-        preferences.parse({
-            "channels": {"push": "yes", "sms": True},
-            "statuses": {"teleported": True},
-            "quiet_hours": {"start": "7:00", "end": "24:00"},
-            "timezone": "Europe/Atlantis",
-            "language": "fr",
-        })
+        preferences.parse(
+            {
+                "channels": {"push": "yes", "sms": True},
+                "statuses": {"teleported": True},
+                "quiet_hours": {"start": "7:00", "end": "24:00"},
+                "timezone": "Europe/Atlantis",
+                "language": "fr",
+            }
+        )
     assert set(info.value.fields) == {
-        "channels.push", "channels.sms", "statuses.teleported", "quiet_hours.start",
-        "quiet_hours.end", "timezone", "language",
+        "channels.push",
+        "channels.sms",
+        "statuses.teleported",
+        "quiet_hours.start",
+        "quiet_hours.end",
+        "timezone",
+        "language",
     }
 
 
 def test_wording_in_english_and_german_with_the_estimate() -> None:
-    facts = content.OrderFacts(7, "1042", "Acme", "out_for_delivery", "https://x/t/abc",
-                               estimated_delivery=NOON)
+    facts = content.OrderFacts(
+        7, "1042", "Acme", "out_for_delivery", "https://x/t/abc", estimated_delivery=NOON
+    )
     en = content.message(facts, language="en", now=NOON)
     assert (en.title, en.body) == ("Order #1042 is out for delivery", "From Acme — arriving today")
     de = content.message(facts, language="de", now=NOON - timedelta(days=1))
@@ -141,8 +149,13 @@ def test_https_push_service_over_kept_alive_connections(tmp_path) -> None:  # ty
     try:
         browsers = [push.subscribe() for _ in range(10)]
         batch = [
-            Outgoing(Subscription(b.endpoint, **b.to_json()["keys"]),
-                     b'{"title": "hi"}', 60, "normal", "order-1")
+            Outgoing(
+                Subscription(b.endpoint, **b.to_json()["keys"]),
+                b'{"title": "hi"}',
+                60,
+                "normal",
+                "order-1",
+            )
             for b in browsers
         ]
         assert [r.outcome for r in sender.send_many(batch)] == ["sent"] * 10

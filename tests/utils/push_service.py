@@ -125,7 +125,9 @@ class PushService:
     def subscribe(self) -> BrowserSubscription:
         sid = f"s{next(self._ids)}"
         sub = BrowserSubscription(
-            sid, f"{self.origin}/push/{sid}", ec.generate_private_key(ec.SECP256R1()),
+            sid,
+            f"{self.origin}/push/{sid}",
+            ec.generate_private_key(ec.SECP256R1()),
             os.urandom(16),
         )
         self.subscriptions[sid] = sub
@@ -245,8 +247,11 @@ def self_signed_tls(tmp: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
@@ -255,9 +260,13 @@ def self_signed_tls(tmp: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     )
     cert_path, key_path = tmp / "push-cert.pem", tmp / "push-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert_path, key_path)
     client = ssl.create_default_context(cafile=str(cert_path))

@@ -166,8 +166,10 @@ def _sub_public(sub: PushSubscription) -> dict[str, Any]:
 
 @bp.get("/api/me/preferences")
 @operation(
-    "The customer's notification preferences", responses={200: PreferencesBody},
-    security="session", tag="notifications",
+    "The customer's notification preferences",
+    responses={200: PreferencesBody},
+    security="session",
+    tag="notifications",
 )
 def get_preferences() -> Any:
     return jsonify(_prefs_json(_customer()))
@@ -176,7 +178,9 @@ def get_preferences() -> Any:
 @bp.put("/api/me/preferences")
 @operation(
     "Replace the notification preferences; held notifications follow at once",
-    body=PreferencesBody, responses={200: PreferencesBody}, security="session",
+    body=PreferencesBody,
+    responses={200: PreferencesBody},
+    security="session",
     tag="notifications",
 )
 def put_preferences() -> Any:
@@ -206,7 +210,9 @@ def _own_order(customer: Customer, order_id: int) -> Order:
 
 @bp.get("/api/me/orders/<int:order_id>/preferences")
 @operation(
-    "Whether one order is muted", responses={200: OrderPreferences}, security="session",
+    "Whether one order is muted",
+    responses={200: OrderPreferences},
+    security="session",
     tag="notifications",
 )
 def get_order_preferences(order_id: int) -> Any:
@@ -218,8 +224,11 @@ def get_order_preferences(order_id: int) -> Any:
 
 @bp.put("/api/me/orders/<int:order_id>/preferences")
 @operation(
-    "Mute or unmute one order on every channel", body=OrderPreferencesBody,
-    responses={200: OrderPreferences}, security="session", tag="notifications",
+    "Mute or unmute one order on every channel",
+    body=OrderPreferencesBody,
+    responses={200: OrderPreferences},
+    security="session",
+    tag="notifications",
 )
 def put_order_preferences(order_id: int) -> Any:
     customer = _customer()
@@ -251,8 +260,10 @@ def public_key() -> Any:
 
 @bp.get("/api/me/push-subscriptions")
 @operation(
-    "The customer's devices with push on", responses={200: SubscriptionList},
-    security="session", tag="notifications",
+    "The customer's devices with push on",
+    responses={200: SubscriptionList},
+    security="session",
+    tag="notifications",
 )
 def list_subscriptions() -> Any:
     customer = _customer()
@@ -266,8 +277,11 @@ def list_subscriptions() -> Any:
 
 @bp.post("/api/me/push-subscriptions")
 @operation(
-    "Receive push notifications on this device", body=SubscriptionBody,
-    responses={201: SubscriptionPublic}, security="session", tag="notifications",
+    "Receive push notifications on this device",
+    body=SubscriptionBody,
+    responses={201: SubscriptionPublic},
+    security="session",
+    tag="notifications",
 )
 def add_subscription() -> Any:
     customer = _customer()
@@ -275,9 +289,14 @@ def add_subscription() -> Any:
     _checked_subscription(body)
     db = get_session()
     sub, _ = subscriptions.save(
-        db, scope=f"customer:{customer.id}", endpoint=body.endpoint, p256dh=body.keys.p256dh,
-        auth=body.keys.auth, label=subscriptions.label_for(request.user_agent.string),
-        language=outbox.customer_preferences(customer).language, customer_id=customer.id,
+        db,
+        scope=f"customer:{customer.id}",
+        endpoint=body.endpoint,
+        p256dh=body.keys.p256dh,
+        auth=body.keys.auth,
+        label=subscriptions.label_for(request.user_agent.string),
+        language=outbox.customer_preferences(customer).language,
+        customer_id=customer.id,
     )
     db.commit()
     return jsonify(_sub_public(sub)), 201
@@ -285,8 +304,11 @@ def add_subscription() -> Any:
 
 @bp.delete("/api/me/push-subscriptions")
 @operation(
-    "Stop push notifications on this device", body=SubscriptionRemoveBody,
-    responses={204: None}, security="session", tag="notifications",
+    "Stop push notifications on this device",
+    body=SubscriptionRemoveBody,
+    responses={204: None},
+    security="session",
+    tag="notifications",
 )
 def remove_subscription() -> Any:
     customer = _customer()
@@ -301,7 +323,9 @@ def remove_subscription() -> Any:
 
 @bp.delete("/api/me/push-subscriptions/<int:subscription_id>")
 @operation(
-    "Remove one device from the settings list", responses={204: None}, security="session",
+    "Remove one device from the settings list",
+    responses={204: None},
+    security="session",
     tag="notifications",
 )
 def remove_subscription_by_id(subscription_id: int) -> Any:
@@ -317,8 +341,10 @@ def remove_subscription_by_id(subscription_id: int) -> Any:
 
 @bp.post("/api/track/<token>/push-subscriptions")
 @operation(
-    "Notify me about this order (no account)", body=SubscriptionBody,
-    responses={201: SubscriptionPublic}, tag="tracking",
+    "Notify me about this order (no account)",
+    body=SubscriptionBody,
+    responses={201: SubscriptionPublic},
+    tag="tracking",
 )
 def add_track_subscription(token: str) -> Any:
     db = get_session()
@@ -329,9 +355,14 @@ def add_track_subscription(token: str) -> Any:
     _checked_subscription(body)
     language = body.language or request.accept_languages.best_match(preferences.LANGUAGES)
     sub, _ = subscriptions.save(
-        db, scope=f"order:{order.id}", endpoint=body.endpoint, p256dh=body.keys.p256dh,
-        auth=body.keys.auth, label=subscriptions.label_for(request.user_agent.string),
-        language=preferences.supported_language(language), order_id=order.id,
+        db,
+        scope=f"order:{order.id}",
+        endpoint=body.endpoint,
+        p256dh=body.keys.p256dh,
+        auth=body.keys.auth,
+        label=subscriptions.label_for(request.user_agent.string),
+        language=preferences.supported_language(language),
+        order_id=order.id,
     )
     if is_terminal(order.status) and sub.expires_at is None:
         sub.expires_at = utcnow() + outbox.ANONYMOUS_KEEP
@@ -342,8 +373,10 @@ def add_track_subscription(token: str) -> Any:
 
 @bp.delete("/api/track/<token>/push-subscriptions")
 @operation(
-    "Stop notifying this browser about this order", body=SubscriptionRemoveBody,
-    responses={204: None}, tag="tracking",
+    "Stop notifying this browser about this order",
+    body=SubscriptionRemoveBody,
+    responses={204: None},
+    tag="tracking",
 )
 def remove_track_subscription(token: str) -> Any:
     db = get_session()
@@ -404,4 +437,3 @@ def unsubscribe(token: str) -> Response:
     outbox.reevaluate(db, customer)
     db.commit()
     return _page("Unsubscribed", "<p>You will get no more notification emails.</p>")
-

@@ -46,7 +46,8 @@ def start_worker(app: Flask) -> object:
     # A worker that dies leaves its rows leased this long before another claims them.
     lease = float(os.environ.get("WAYBILL_OUTBOX_LEASE_SECONDS", "120"))
     worker = Worker(
-        app.extensions["waybill.engine"], app.config["WAYBILL_SETTINGS"],
+        app.extensions["waybill.engine"],
+        app.config["WAYBILL_SETTINGS"],
         lease=timedelta(seconds=lease),
     ).start()
     app.extensions["waybill.broker"].subscribe(worker.notify)

@@ -116,9 +116,7 @@ def estimate_phrase(estimate: datetime, now: datetime, language: str, timezone: 
     return t["on"].format(date=date)
 
 
-def message(
-    facts: OrderFacts, *, language: str, now: datetime, timezone: str = "UTC"
-) -> Message:
+def message(facts: OrderFacts, *, language: str, now: datetime, timezone: str = "UTC") -> Message:
     """The title and body for one status, e.g. "Order #1042 is out for delivery"."""
     lang = _lang(language)
     t = _TEXT[lang]
@@ -168,7 +166,7 @@ def email_parts(
     e = html.escape
     markup = (
         f'<!doctype html><html lang="{_lang(language)}"><body style="font-family:sans-serif">'
-        f"<h1 style=\"font-size:1.3em\">{e(msg.title)}</h1><p>{e(msg.body)}</p>"
+        f'<h1 style="font-size:1.3em">{e(msg.title)}</h1><p>{e(msg.body)}</p>'
         f'<p><a href="{e(facts.url)}">{e(t["track"])}</a></p>'
         f'<hr><p style="font-size:.85em;color:#555">{e(t["why"])} '
         f'<a href="{e(unsubscribe_url)}">{e(t["unsubscribe"])}</a></p></body></html>'

@@ -86,7 +86,9 @@ class Worker:
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.batch_size, self.lease, self.poll_interval = batch_size, lease, poll_interval
         self.sender = PushSender(
-            load_vapid(settings), settings.vapid_subject, timeout=push_timeout,
+            load_vapid(settings),
+            settings.vapid_subject,
+            timeout=push_timeout,
             pool_size=concurrency,
         )
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="waybill-mail")
@@ -198,14 +200,27 @@ class Worker:
         Od, M, C, S, X = Order, Merchant, Customer, PushSubscription, OutboxMessage  # noqa: N806
         with Session(read_engine(self.engine)) as session:
             rows = session.exec(
-                select(X.id, X.order_id, X.destination, X.change_id, X.channel,
-                       X.subscription_id, X.status).where(col(X.id).in_(ids))
+                select(
+                    X.id,
+                    X.order_id,
+                    X.destination,
+                    X.change_id,
+                    X.channel,
+                    X.subscription_id,
+                    X.status,
+                ).where(col(X.id).in_(ids))
             ).all()
             orders = {
                 r[0]: r
                 for r in session.exec(
-                    select(Od.id, Od.external_id, Od.merchant_id, Od.customer_id, Od.tracking_token,
-                           Od.estimated_delivery).where(col(Od.id).in_({r[1] for r in rows}))
+                    select(
+                        Od.id,
+                        Od.external_id,
+                        Od.merchant_id,
+                        Od.customer_id,
+                        Od.tracking_token,
+                        Od.estimated_delivery,
+                    ).where(col(Od.id).in_({r[1] for r in rows}))
                 )
             }
             merchants = dict(
@@ -274,11 +289,18 @@ class Worker:
                 else:
                     language, zone = sub_language, "UTC"
                 msg = content.message(facts, language=language, now=now, timezone=zone)
-                pushes.append((row_id, Outgoing(
-                    Subscription(endpoint, p256dh, auth),
-                    content.push_payload(facts, msg),
-                    ttl_for(status), urgency_for(status), topic_for(order_id),
-                )))
+                pushes.append(
+                    (
+                        row_id,
+                        Outgoing(
+                            Subscription(endpoint, p256dh, auth),
+                            content.push_payload(facts, msg),
+                            ttl_for(status),
+                            urgency_for(status),
+                            topic_for(order_id),
+                        ),
+                    )
+                )
             elif channel == "email" and prefs is not None:
                 jobs.append(self._email_job(row_id, destination, customer_id, prefs, facts, now))
             else:
@@ -293,8 +315,13 @@ class Worker:
         return outbox.Outcome(row_id, result.outcome, detail, result.retry_after)
 
     def _email_job(
-        self, row_id: int, to: str, customer_id: int, prefs: preferences.Preferences,
-        facts: content.OrderFacts, now: datetime,
+        self,
+        row_id: int,
+        to: str,
+        customer_id: int,
+        prefs: preferences.Preferences,
+        facts: content.OrderFacts,
+        now: datetime,
     ) -> Callable[[], outbox.Outcome]:
         msg = content.message(facts, language=prefs.language, now=now, timezone=prefs.timezone)
         url = (
@@ -313,6 +340,7 @@ class Worker:
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             },
         )
+
         def send() -> outbox.Outcome:
             try:
                 mail.send(self.settings, message)

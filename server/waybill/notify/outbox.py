@@ -87,8 +87,13 @@ def enqueue_change(
 
 
 def _row(
-    change: Change, order: Order, channel: str, destination: str, subscription_id: int | None,
-    due: datetime, now: datetime,
+    change: Change,
+    order: Order,
+    channel: str,
+    destination: str,
+    subscription_id: int | None,
+    due: datetime,
+    now: datetime,
 ) -> OutboxMessage:
     return OutboxMessage(
         dedupe_key=f"{change.id}:{channel}:{destination}"[:120],
@@ -158,9 +163,7 @@ def reevaluate(session: Session, customer: Customer, *, now: datetime | None = N
     return len(rows)
 
 
-def claim(
-    engine: Engine, *, owner: str, limit: int, now: datetime, lease: timedelta
-) -> list[int]:
+def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timedelta) -> list[int]:
     """Lease up to ``limit`` due rows to ``owner``; returns their ids."""
     with Session(engine) as session, session.begin():
         query = (
@@ -204,9 +207,7 @@ def backoff(attempts: int, retry_after: float | None) -> float:
     return max(delay, retry_after or 0.0)
 
 
-def record(
-    session: Session, *, owner: str, outcomes: Sequence[Outcome], now: datetime
-) -> None:
+def record(session: Session, *, owner: str, outcomes: Sequence[Outcome], now: datetime) -> None:
     """Store what happened to leased rows; a row whose lease was lost is left alone."""
     if not outcomes:
         return

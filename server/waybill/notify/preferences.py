@@ -185,8 +185,9 @@ def parse(data: dict[str, Any], *, base: Preferences | None = None) -> Preferenc
     return Preferences(channels, statuses, quiet, zone, language)
 
 
-def load(stored: dict[str, Any] | None, *, language: str | None = None,
-         timezone: str | None = None) -> Preferences:
+def load(
+    stored: dict[str, Any] | None, *, language: str | None = None, timezone: str | None = None
+) -> Preferences:
     """The preferences kept on a customer row; defaults where nothing (valid) was saved."""
     base = defaults(language=language, timezone=timezone)
     if not stored:

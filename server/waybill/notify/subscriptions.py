@@ -75,18 +75,34 @@ def label_for(user_agent: str) -> str:
     """A short device name for the settings list, from the User-Agent."""
     ua = user_agent or ""
     browser = next(
-        (name for key, name in (
-            ("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
-            ("SamsungBrowser/", "Samsung Internet"), ("Chrome/", "Chrome"),
-            ("Safari/", "Safari"),
-        ) if key in ua),
+        (
+            name
+            for key, name in (
+                ("Edg/", "Edge"),
+                ("OPR/", "Opera"),
+                ("Firefox/", "Firefox"),
+                ("SamsungBrowser/", "Samsung Internet"),
+                ("Chrome/", "Chrome"),
+                ("Safari/", "Safari"),
+            )
+            if key in ua
+        ),
         "Browser",
     )
     system = next(
-        (name for key, name in (
-            ("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"),
-            ("Windows", "Windows"), ("Mac OS X", "Mac"), ("CrOS", "ChromeOS"), ("Linux", "Linux"),
-        ) if key in ua),
+        (
+            name
+            for key, name in (
+                ("iPhone", "iPhone"),
+                ("iPad", "iPad"),
+                ("Android", "Android"),
+                ("Windows", "Windows"),
+                ("Mac OS X", "Mac"),
+                ("CrOS", "ChromeOS"),
+                ("Linux", "Linux"),
+            )
+            if key in ua
+        ),
         None,
     )
     return f"{browser} on {system}" if system else browser
@@ -97,8 +113,16 @@ def endpoint_hash(endpoint: str) -> str:
 
 
 def save(
-    session: Session, *, scope: str, endpoint: str, p256dh: str, auth: str, label: str,
-    language: str, customer_id: int | None = None, order_id: int | None = None,
+    session: Session,
+    *,
+    scope: str,
+    endpoint: str,
+    p256dh: str,
+    auth: str,
+    label: str,
+    language: str,
+    customer_id: int | None = None,
+    order_id: int | None = None,
 ) -> tuple[PushSubscription, bool]:
     """Store the subscription; the same endpoint again only refreshes its keys."""
     h = endpoint_hash(endpoint)
@@ -110,8 +134,13 @@ def save(
     created = sub is None
     if sub is None:
         sub = PushSubscription(
-            scope=scope, endpoint=endpoint, endpoint_hash=h, customer_id=customer_id,
-            order_id=order_id, p256dh=p256dh, auth=auth,
+            scope=scope,
+            endpoint=endpoint,
+            endpoint_hash=h,
+            customer_id=customer_id,
+            order_id=order_id,
+            p256dh=p256dh,
+            auth=auth,
         )
     sub.p256dh, sub.auth, sub.label, sub.language = p256dh, auth, label[:100], language
     sub.last_used_at = sub.last_used_at or utcnow()

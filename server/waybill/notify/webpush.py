@@ -163,7 +163,12 @@ class PushSender:
     """Sends encrypted messages; safe to share between the threads of one worker."""
 
     def __init__(
-        self, keys: VapidKeys, subject: str, *, timeout: float = 10.0, pool_size: int = 64,
+        self,
+        keys: VapidKeys,
+        subject: str,
+        *,
+        timeout: float = 10.0,
+        pool_size: int = 64,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.keys, self.subject, self.timeout = keys, subject, timeout
@@ -267,8 +272,9 @@ class _AsyncTransport:
     def __init__(self, sender: PushSender, concurrency: int) -> None:
         self.sender = sender
         self.concurrency = concurrency
-        self.idle: dict[tuple[str, str, int], list[tuple[asyncio.StreamReader,
-                                                         asyncio.StreamWriter]]] = {}
+        self.idle: dict[
+            tuple[str, str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+        ] = {}
         self.tls = sender.tls
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
