@@ -68,7 +68,7 @@ def test_status_change_posted_to_the_api_appears_without_reload(
         pytest.skip("no /ws endpoint in this build yet (issue 3): live updates cannot run")
     order = live_server.order_in_transit()
     page = open_tracking(phone, live_server, order)
-    page.get_by_role("status").filter(has_text="Live").wait_for()
+    page.locator('#live[data-state="live"]').wait_for()
     page.evaluate("() => { window.sameDocument = true; }")
     r = live_server.merchant.scan(
         order["shipment_id"], "out_for_delivery", "2026-11-26T07:00:00+00:00", location="Berlin"
@@ -188,3 +188,26 @@ def test_sign_in_works_with_the_keyboard_alone(phone: Any, live_server: LiveServ
     page.get_by_role("heading", name="Your orders").wait_for()
     assert page.url == live_server.url + "/"
     assert page.locator(".order-card").count() == 1
+
+
+def test_dropped_socket_reconnects_and_resumes_what_it_missed(
+    phone: Any, live_server: LiveServer
+) -> None:
+    if not live_server.has_socket:
+        pytest.skip("no /ws endpoint in this build yet (issue 3): live updates cannot run")
+    order = live_server.order_in_transit()
+    page = open_tracking(phone, live_server, order)
+    live = page.locator('#live[data-state="live"]')
+    live.wait_for()
+    hub = live_server.app.extensions["waybill.hub"]
+    # "Fell behind, reconnect and resume"; while the hub refuses sockets, a change happens.
+    hub.shutdown(code=1013, reason="test", grace=0.5)
+    page.locator('#live[data-state="connecting"]').wait_for()
+    r = live_server.merchant.scan(
+        order["shipment_id"], "attempted", "2026-11-26T09:00:00+00:00", location="Berlin"
+    )
+    assert r.status_code == 201
+    with hub.lock:
+        hub._shutting_down = False  # the server is back
+    page.get_by_role("heading", name="Delivery attempted").wait_for()
+    live.wait_for()

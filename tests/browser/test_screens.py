@@ -107,7 +107,7 @@ def test_home_moves_an_order_when_it_is_delivered_without_reload(
     page = phone.new_page()
     page.goto(live_server.url + "/")
     page.get_by_role("heading", name="On the way").wait_for()
-    page.get_by_role("status").filter(has_text="Live").wait_for()
+    page.locator('#live[data-state="live"]').wait_for()
     page.evaluate("() => { window.sameDocument = true; }")
     r = live_server.merchant.scan(order["shipment_id"], "delivered", "2026-11-26T08:00:00+00:00")
     assert r.status_code == 201

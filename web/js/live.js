@@ -1,5 +1,6 @@
 // The live connection: one WebSocket per page, resumed from the last cursor after any drop.
 const MAX_DELAY = 30000;
+const FINAL = new Set([1008, 4401, 4403, 4404]);
 
 export class Live extends EventTarget {
   /** @param {string} query '' for all of the customer's orders, or '?track=<token>' */
@@ -54,8 +55,10 @@ export class Live extends EventTarget {
     ws.addEventListener('close', (event) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      // 1008: this socket may not see what it asked for; retrying would not change that.
-      if (this.stopped || event.code === 1008) {
+      // Not signed in, no such order, or refused by policy: retrying would not change that.
+      // Everything else (1001 going away, 1013 fell behind, a dropped network) reconnects
+      // and resumes from the last cursor.
+      if (this.stopped || FINAL.has(event.code)) {
         this.setState('offline');
         return;
       }
