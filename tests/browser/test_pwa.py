@@ -119,9 +119,8 @@ def test_chromium_finds_the_app_installable(
         context.close()
 
 
-def screens(context: Any, server: LiveServer) -> dict[str, str]:
+def screens(context: Any, server: LiveServer, email: str = "screens@example.com") -> dict[str, str]:
     """Every screen of the app, signed in where it needs to be."""
-    email = "screens@example.com"
     order = server.order_in_transit(email=email)
     sign_in(context, server, email)
     return {

@@ -142,3 +142,29 @@ def test_a_new_version_waits_until_the_customer_reloads(
         assert caches == ["waybill-api", "waybill-shell-0123456789ab"]  # the old shell is gone
     finally:
         live_server.app.extensions["waybill.web"] = web
+
+
+def test_dark_mode_screens_keep_contrast(browser: Any, live_server: LiveServer) -> None:
+    from tests.browser.conftest import axe_violations
+    from tests.browser.test_pwa import screens
+
+    context = browser.new_context(
+        viewport={"width": 360, "height": 740},
+        color_scheme="dark",
+        reduced_motion="reduce",
+        locale="en-GB",
+    )
+    try:
+        paths = screens(context, live_server, email="dark@example.com")
+        page = context.new_page()
+        found = {}
+        for name, path in paths.items():
+            page.goto(live_server.url + path)
+            page.locator("main h1").first.wait_for()
+            assert page.evaluate("() => getComputedStyle(document.body).backgroundColor") == (
+                "rgb(17, 24, 32)"
+            )
+            found[name] = axe_violations(page)
+        assert {k: v for k, v in found.items() if v} == {}
+    finally:
+        context.close()
