@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from tests.conftest import make_settings
-from tests.utils.factories import make_merchant
+from tests.utils.factories import AuthActions, make_merchant
 from waybill import create_app
 from waybill.auth import login
 from waybill.db import session_scope
@@ -257,3 +257,30 @@ def test_code_and_passkey_sign_in_attempts_are_limited_per_ip(instance_dir):
         _assert_429(client.post("/auth/passkey", json={"credential": {}}))
     finally:
         _close(app)
+
+
+def test_sign_in_posts_from_another_site_are_refused(app, client, merchant):
+    """Login CSRF: another site's form must not sign a visitor into someone else's account."""
+    merchant.create_order(email="victim@example.com")
+    auth = AuthActions(app, client)
+    for origin in ("https://evil.example", "null"):
+        r = client.post(
+            f"/auth/link/{auth.login_link('victim@example.com')}", headers={"Origin": origin}
+        )
+        assert r.status_code == 403
+        assert r.get_json()["error"]["code"] == "cross_origin"
+        assert "waybill_session" not in r.headers.get("Set-Cookie", "")
+        r = client.post(
+            "/auth/email", data={"email": "victim@example.com"}, headers={"Origin": origin}
+        )
+        assert r.status_code == 403
+    r = client.post(
+        f"/auth/link/{auth.login_link('victim@example.com')}",
+        headers={"Origin": "http://localhost"},
+    )
+    assert r.status_code == 303
+    r = client.post(
+        f"/auth/link/{auth.login_link('victim@example.com')}",
+        headers={"Origin": "http://127.0.0.1:8000"},
+    )
+    assert r.status_code == 303

@@ -83,6 +83,11 @@ _CORS_HEADERS = (
 )
 
 
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _client_ip() -> str:
     """The peer address (behind a proxy, the operator wraps the app in ProxyFix)."""
     return request.remote_addr or "unknown"
@@ -161,6 +166,18 @@ def init_app(app: Flask) -> Limiter:
 
     hsts = settings.base_url.startswith("https://")
     csp = content_security_policy(settings)
+
+    own_origin = _origin_of(settings.base_url)
+
+    @app.before_request
+    def _same_origin_sign_in() -> None:
+        """Sign-in forms work without a session, so no CSRF token guards them: a page on
+        another site could sign a visitor into the attacker's account (login CSRF). Browsers
+        say where a form comes from; refuse other origins (clients without Origin pass)."""
+        if request.method == "POST" and request.path.startswith("/auth/"):
+            origin = request.headers.get("Origin")
+            if origin and origin not in (own_origin, _origin_of(request.host_url)):
+                raise ApiError(403, "cross_origin", "sign-in is only accepted from this site")
 
     @app.before_request
     def _socket_tracking_limit() -> None:
