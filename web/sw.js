@@ -10,7 +10,7 @@ const APP_PAGE = /^\/($|t\/[^/]+\/?$|orders\/\d+\/?$|settings\/?$|sign-in\/?$)/;
 self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
     const cache = await caches.open(SHELL);
-    await cache.addAll(['/', ...ASSETS, '/manifest.json', '/icons/icon-192.png']);
+    await cache.addAll(['/', ...ASSETS, '/manifest.json', '/icons/logo.svg', '/icons/icon-192.png']);
     // The first version takes over at once; later ones wait for "Reload to update".
     if (!self.registration.active) await self.skipWaiting();
   })());

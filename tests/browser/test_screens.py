@@ -168,3 +168,23 @@ def test_dark_mode_screens_keep_contrast(browser: Any, live_server: LiveServer) 
         assert {k: v for k, v in found.items() if v} == {}
     finally:
         context.close()
+
+
+def test_choosing_german_in_settings_redraws_the_app_in_german(
+    phone: Any, live_server: LiveServer
+) -> None:
+    email = "sprache@example.com"
+    live_server.order_in_transit(email=email)
+    sign_in(phone, live_server, email)
+    page = phone.new_page()
+    page.goto(live_server.url + "/settings")
+    page.get_by_label("Language").select_option("de")
+    page.get_by_role("button", name="Save preferences").click()
+    page.get_by_role("heading", name="Einstellungen").wait_for()
+    assert page.evaluate("() => document.documentElement.lang") == "de"
+    page.locator("#announce").filter(has_text="Einstellungen gespeichert").wait_for(
+        state="attached"
+    )
+    assert phone.request.get(live_server.url + "/api/me/preferences").json()["language"] == "de"
+    page.goto(live_server.url + "/")
+    page.get_by_role("heading", name="Deine Bestellungen").wait_for()

@@ -69,7 +69,7 @@ export class App {
     if (reload) { location.assign(path); return; }
     history[replace ? 'replaceState' : 'pushState']({}, '', path);
     this.teardown();
-    this.route();
+    return this.route();
   }
 
   teardown() {

@@ -132,7 +132,14 @@ export async function render(app) {
     };
     try {
       await request('PUT', '/api/me/preferences', body);
-      if (body.language !== language()) await saveLanguage(body.language);
+      if (body.language !== language()) {
+        // Draw the whole app again in the language just chosen.
+        await saveLanguage(body.language);
+        app.translateShell();
+        await app.go('/settings', { replace: true });
+        app.announce(t('settings.saved'));
+        return;
+      }
       status.textContent = t('settings.saved');
     } catch {
       status.textContent = t('settings.saveFailed');
