@@ -1,6 +1,6 @@
 """Web Push throughput: 2,000 notifications to 2,000 subscriptions on a loopback push service.
 
-Compares, in one run and on one core's worth of Python:
+Compares, in one run and on one core's worth of Python (best of two runs each):
   * the outbox worker (claim from SQLite, encrypt, POST with many requests in flight, record),
   * the naive way: ``pywebpush.webpush()`` once per message, one after another,
   * the floor: ``http_ece.encrypt`` with a fresh key per message and no HTTP at all,
@@ -349,11 +349,19 @@ def main() -> None:
             try:
                 origin = f"http://127.0.0.1:{service.port}"
                 subs = make_subscriptions(N, origin)
-                rate, ok = worker_rate(subs, workdir, template)
-                assert ok == N, f"only {ok} of {N} marked sent"
+                # Best of two runs each, interleaved: the machine is shared, and a neighbour's
+                # burst should not decide the comparison.
+                rate = naive_rate = shared_rate = 0.0
                 sample = subs[: NAIVE_N if delay_ms else N // 2]
-                naive_rate = naive(sample, pem)
-                shared_rate = shared_session(sample, keys)
+                for _ in range(2):
+                    run_rate, ok = worker_rate(subs, workdir, template)
+                    assert ok == N, f"only {ok} of {N} marked sent"
+                    rate = max(rate, run_rate)
+                    naive_rate = max(naive_rate, naive(sample, pem))
+                    if delay_ms == 0:
+                        shared_rate = max(shared_rate, shared_session(sample, keys))
+                if delay_ms:
+                    shared_rate = shared_session(sample, keys)
                 results[f"{delay_ms}ms"] = {
                     "worker": rate,
                     "naive": naive_rate,
@@ -361,7 +369,8 @@ def main() -> None:
                 }
             finally:
                 service.stop()
-        floor_rate = floor(make_subscriptions(N, "http://127.0.0.1:1"))
+        floor_subs = make_subscriptions(N, "http://127.0.0.1:1")
+        floor_rate = max(floor(floor_subs), floor(floor_subs))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
