@@ -276,6 +276,7 @@ class _AsyncTransport:
             tuple[str, str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
         ] = {}
         self.tls = sender.tls
+        self.gate: asyncio.Semaphore | None = None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="waybill-push-io", daemon=True
@@ -286,7 +287,9 @@ class _AsyncTransport:
         return asyncio.run_coroutine_threadsafe(self._all(messages), self.loop)
 
     async def _all(self, messages: list[Outgoing]) -> list[PushResult]:
-        gate = asyncio.Semaphore(self.concurrency)
+        if self.gate is None:  # one limit for every batch in flight, made on the loop
+            self.gate = asyncio.Semaphore(self.concurrency)
+        gate = self.gate
 
         async def one(m: Outgoing) -> PushResult:
             async with gate:
