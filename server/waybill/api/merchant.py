@@ -158,6 +158,10 @@ def list_orders() -> Any:
     status = args.get("status")
     if status is not None and status not in {s.value for s in ALL_STATUSES}:
         fields["status"] = "not a known status"
+    if len(args.get("external_id", "")) > 200:
+        fields["external_id"] = "at most 200 characters"
+    if len(args.get("cursor", "")) > 40:
+        fields["cursor"] = "not a cursor we gave"
     if fields:
         raise ApiError(422, "invalid", "some query parameters are not valid", fields)
     query = select(Order).where(Order.merchant_id == _merchant().id)
