@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -31,6 +32,26 @@ WSGIServer(("127.0.0.1", int(sys.argv[1])), create_app(), log=None).serve_foreve
 """
 
 
+WAYBILL = str(Path(sys.executable).with_name("waybill"))
+
+
+def start_server(how: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Its own process group, so SIGKILL takes gunicorn's workers down with the master."""
+    if how == "serve":
+        cmd = [WAYBILL, "serve", "--port", str(port)]
+    else:
+        cmd = [sys.executable, "-c", SERVER, str(port)]
+    return subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def kill_server(server: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,8 +77,9 @@ def push() -> Iterator[PushService]:
     service.stop()
 
 
+@pytest.mark.parametrize("how", ["gevent-process", "serve"])
 def test_sigkill_while_push_is_down_then_each_notification_exactly_once(
-    tmp_path: Path, migrated_template: Path, push: PushService
+    how: str, tmp_path: Path, migrated_template: Path, push: PushService
 ) -> None:
     instance = tmp_path / "instance"
     instance.mkdir()
@@ -89,17 +111,16 @@ def test_sigkill_while_push_is_down_then_each_notification_exactly_once(
 
     push.answer_always(503)  # the push service is down
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env)
+    server = start_server(how, port, env)
     try:
         wait_listening(port, server)
         tried = {b.id for b in browsers}
         assert push.wait_for(lambda: tried <= {sid for sid, _ in push.attempts}, timeout=30)
-        server.send_signal(signal.SIGKILL)
-        server.wait(10)
+        kill_server(server)
         assert push.deliveries == []
 
         push.answer_always(201)  # back up; the restarted server takes over the rows
-        server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env)
+        server = start_server(how, port, env)
         wait_listening(port, server)
         engine = app.extensions["waybill.engine"]
 
@@ -117,6 +138,5 @@ def test_sigkill_while_push_is_down_then_each_notification_exactly_once(
         assert {push.delivered_to(b)[0].payload["status"] for b in browsers} == {"shipped"}
         assert push.errors == []
     finally:
-        server.kill()
-        server.wait(10)
+        kill_server(server)
         app.extensions["waybill.engine"].dispose()
