@@ -284,3 +284,63 @@ def test_sign_in_posts_from_another_site_are_refused(app, client, merchant):
         headers={"Origin": "http://127.0.0.1:8000"},
     )
     assert r.status_code == 303
+
+
+def test_behind_a_proxy_limits_count_per_forwarded_client(instance_dir):
+    """With WAYBILL_PROXY_HOPS=1 each client behind the balancer has its own budget; without
+    it X-Forwarded-For is ignored, so a client cannot dodge a limit by inventing one."""
+    proxied = _app(instance_dir, proxy_hops=1)
+    direct = _app(instance_dir)
+    try:
+        for app, separate in ((proxied, True), (direct, False)):
+            client = app.test_client()
+            balancer = {"REMOTE_ADDR": "10.0.0.1"}
+            for i in range(30):
+                r = client.post(
+                    "/auth/email",
+                    json={"email": f"p{i}@example.com"},
+                    headers={"X-Forwarded-For": "203.0.113.5"},
+                    environ_base=balancer,
+                )
+                assert r.status_code == 202
+            r = client.post(
+                "/auth/email",
+                json={"email": "next@example.com"},
+                headers={"X-Forwarded-For": "198.51.100.7"},
+                environ_base=balancer,
+            )
+            assert r.status_code == (202 if separate else 429)
+    finally:
+        _close(proxied)
+        _close(direct)
+
+
+def test_proxy_hops_must_be_a_whole_number():
+    from waybill.config import ConfigError, Settings
+
+    assert Settings.from_env({"WAYBILL_PROXY_HOPS": "2", "WAYBILL_SECRET_KEY": "k"}).proxy_hops == 2
+    with pytest.raises(ConfigError, match="WAYBILL_PROXY_HOPS"):
+        Settings.from_env({"WAYBILL_PROXY_HOPS": "yes", "WAYBILL_SECRET_KEY": "k"})
+
+
+def test_operators_can_tune_the_limits_and_typos_are_refused(instance_dir):
+    from waybill.config import ConfigError, Settings
+
+    env = {
+        "WAYBILL_SECRET_KEY": "k",
+        "WAYBILL_INSTANCE_DIR": str(instance_dir),
+        "WAYBILL_DATABASE_URL": f"sqlite:///{instance_dir / 'waybill.db'}",
+        "WAYBILL_RATE_LIMITS": "merchant_api_per_key=2/minute, sign_in_email_per_ip=40/hour",
+    }
+    app = create_app(Settings.from_env(env, testing=True))
+    try:
+        client = app.test_client()
+        m = make_merchant(app, client)
+        assert m.get("/orders").status_code == 200
+        assert m.get("/orders").status_code == 200
+        _assert_429(m.get("/orders"))
+    finally:
+        _close(app)
+    for wrong in ("merchant_api=2/minute", "merchant_api_per_key=lots"):
+        with pytest.raises(ConfigError, match="WAYBILL_RATE_LIMITS"):
+            create_app(Settings.from_env({**env, "WAYBILL_RATE_LIMITS": wrong}, testing=True))

@@ -34,6 +34,8 @@ class Settings:
     oidc_client_secret: str = ""
     push_endpoint_hosts: tuple[str, ...] = ()
     run_worker: bool = True
+    proxy_hops: int = 0  # reverse proxies in front that set X-Forwarded-For/-Proto
+    rate_limits: tuple[tuple[str, str], ...] = ()  # overrides, see waybill.security
     testing: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -69,6 +71,12 @@ class Settings:
             "oidc_client_secret": env.get("WAYBILL_OIDC_CLIENT_SECRET", ""),
             "push_endpoint_hosts": hosts,
             "run_worker": env.get("WAYBILL_RUN_WORKER", "1") not in ("0", "false", "no"),
+            "proxy_hops": _whole_number("WAYBILL_PROXY_HOPS", env.get("WAYBILL_PROXY_HOPS", "0")),
+            "rate_limits": tuple(
+                tuple(part.strip() for part in item.split("=", 1))  # type: ignore[misc]
+                for item in env.get("WAYBILL_RATE_LIMITS", "").split(",")
+                if "=" in item
+            ),
         }
         values.update(overrides)
         return cls(**values).resolved()  # type: ignore[arg-type]
@@ -102,6 +110,12 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _whole_number(name: str, value: str) -> int:
+    if not value.strip().isdigit():
+        raise ConfigError(f"{name}={value!r}: expected a whole number such as 0 or 1")
+    return int(value)
 
 
 def _check_scheme(name: str, url: str, allowed: tuple[str, ...]) -> None:

@@ -22,9 +22,10 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse as parse_limit
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from waybill.api.errors import ApiError, error_response
-from waybill.config import Settings
+from waybill.config import ConfigError, Settings
 
 # Operators may override any of these through ``Settings.extra["rate_limits"]``.
 DEFAULT_LIMITS: dict[str, str] = {
@@ -39,9 +40,22 @@ _TRACKING_SCOPE = "tracking-token"
 
 
 def limits_for(settings: Settings) -> dict[str, str]:
-    overrides = settings.extra.get("rate_limits") or {}
-    assert isinstance(overrides, dict)
-    return {**DEFAULT_LIMITS, **overrides}
+    """The defaults, overridden by ``WAYBILL_RATE_LIMITS`` (``name=5/hour,name=...``) and
+    then by ``Settings.extra["rate_limits"]`` (tests)."""
+    extra = settings.extra.get("rate_limits") or {}
+    assert isinstance(extra, dict)
+    chosen = {**DEFAULT_LIMITS, **dict(settings.rate_limits), **extra}
+    for name, value in chosen.items():
+        if name not in DEFAULT_LIMITS:
+            known = ", ".join(DEFAULT_LIMITS)
+            raise ConfigError(f"WAYBILL_RATE_LIMITS: unknown limit {name!r}; known: {known}")
+        try:
+            [parse_limit(part) for part in str(value).split(";") if part.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"WAYBILL_RATE_LIMITS: {name}={value!r} is not a rate such as 5/hour"
+            ) from None
+    return chosen
 
 
 def content_security_policy(settings: Settings) -> str:
@@ -89,7 +103,7 @@ def _origin_of(url: str) -> str:
 
 
 def _client_ip() -> str:
-    """The peer address (behind a proxy, the operator wraps the app in ProxyFix)."""
+    """The client's address: the peer's, or with WAYBILL_PROXY_HOPS the proxies' X-Forwarded-For."""
     return request.remote_addr or "unknown"
 
 
@@ -150,6 +164,10 @@ def init_app(app: Flask) -> Limiter:
         headers_enabled=False,
         swallow_errors=not settings.testing,  # a broken Redis must not take sign-in down
     )
+    if settings.proxy_hops:  # behind a load balancer the peer is the balancer, not the client
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
+        )
     limiter.init_app(app)
     app.extensions["waybill.limiter"] = limiter
     limits = limits_for(settings)
