@@ -188,3 +188,67 @@ def test_choosing_german_in_settings_redraws_the_app_in_german(
     assert phone.request.get(live_server.url + "/api/me/preferences").json()["language"] == "de"
     page.goto(live_server.url + "/")
     page.get_by_role("heading", name="Deine Bestellungen").wait_for()
+
+
+def test_service_worker_shows_pushed_messages_json_or_text(
+    phone: Any, live_server: LiveServer
+) -> None:
+    order = live_server.order_in_transit()
+    phone.grant_permissions(["notifications"], origin=live_server.url)
+    page = open_tracking(phone, live_server, order)
+    wait_for_offline_copy(page)
+    cdp = phone.new_cdp_session(page)
+    registrations: list[dict[str, Any]] = []
+    cdp.on(
+        "ServiceWorker.workerRegistrationUpdated",
+        lambda e: registrations.extend(r for r in e["registrations"] if not r["isDeleted"]),
+    )
+    cdp.send("ServiceWorker.enable")
+    for _ in range(100):  # the registrations arrive as an event just after enable
+        if registrations:
+            break
+        page.wait_for_timeout(50)
+    registration_id = registrations[0]["registrationId"]
+
+    def push(data: str) -> None:
+        cdp.send(
+            "ServiceWorker.deliverPushMessage",
+            {"origin": live_server.url + "/", "registrationId": registration_id, "data": data},
+        )
+
+    def shown(count: int) -> list[Any]:
+        return page.evaluate(
+            """async (count) => {
+              const reg = await navigator.serviceWorker.ready;
+              for (;;) {
+                const list = await reg.getNotifications();
+                if (list.length >= count) return list.map((n) => [n.title, n.body, n.tag, n.data]);
+                await new Promise((resolve) => setTimeout(resolve, 50));
+              }
+            }""",
+            count,
+        )
+
+    url = f"{live_server.url}/t/{live_server.token_of(order)}"
+    push(
+        json.dumps(
+            {
+                "title": "Out for delivery",
+                "body": "Test Shop",
+                "url": url,
+                "tag": f"order-{order['id']}",
+                "order_id": order["id"],
+                "status": "out_for_delivery",
+            }
+        )
+    )
+    assert shown(1) == [
+        [
+            "Out for delivery",
+            "Test Shop",
+            f"order-{order['id']}",
+            {"url": url, "orderId": order["id"]},
+        ]
+    ]
+    push("plain words, not JSON")
+    assert ["Waybill", "plain words, not JSON"] in [n[:2] for n in shown(2)]
