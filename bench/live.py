@@ -430,7 +430,7 @@ class Load:
             await producer
         phase.rate = phase.sent / max(loop.time() - start, 1e-9)
         # let the last updates arrive (a lost one is one that never does)
-        settle = loop.time() + 3.0
+        settle = loop.time() + 10.0
         while loop.time() < settle and any(c not in self.sockets.received for c, _, _ in answered):
             await asyncio.sleep(0.05)
         for cursor, customer, t_answer in answered:

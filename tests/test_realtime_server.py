@@ -49,9 +49,10 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            if self.proc.poll() is not None:
+                raise AssertionError("server exited:\n" + self.log.read_text()[-3000:])
             if len(self.worker_pids()) == self.workers:
                 try:
                     if requests.get(f"{self.base}/api/me", timeout=10).status_code == 401:
@@ -59,6 +60,7 @@ class ServerProcess:
                 except requests.RequestException:
                     pass
             time.sleep(0.1)
+        self.stop()
         raise AssertionError("server did not start:\n" + self.log.read_text()[-3000:])
 
     def stop(self) -> None:

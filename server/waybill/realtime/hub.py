@@ -168,7 +168,8 @@ class Connection:
         if self.closed or self.closing:
             return
         if drop and self.pending:
-            head = self.pending[0] if self.partial else None
+            # the chunk being written (or half written) must finish, or the stream breaks
+            head = self.pending[0] if self.partial or self.draining else None
             self.pending.clear()
             self.pending_size = 0
             if head is not None:
