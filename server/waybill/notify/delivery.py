@@ -113,7 +113,8 @@ class Worker:
         total = 0
         flying: _Batch | None = None
         for _ in range(max_batches):
-            batch = self._begin(now or utcnow())
+            # A small first batch gets the sender going while the next, full one is loaded.
+            batch = self._begin(now or utcnow(), self.batch_size if flying else 64)
             if flying is not None:
                 self._finish(flying)
             if batch is None:
@@ -125,9 +126,13 @@ class Worker:
                 self._finish(flying)
         return total
 
-    def _begin(self, now: datetime) -> _Batch | None:
+    def _begin(self, now: datetime, limit: int | None = None) -> _Batch | None:
         ids = outbox.claim(
-            self.engine, owner=self.owner, limit=self.batch_size, now=now, lease=self.lease
+            self.engine,
+            owner=self.owner,
+            limit=limit or self.batch_size,
+            now=now,
+            lease=self.lease,
         )
         if not ids:
             return None

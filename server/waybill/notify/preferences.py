@@ -5,6 +5,7 @@ Plain Python with no I/O, so the rules are tested without a server or a database
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
@@ -99,8 +100,9 @@ def supported_language(value: str | None) -> str:
     return lang if lang in LANGUAGES else "en"
 
 
+@functools.lru_cache(maxsize=256)
 def defaults(*, language: str | None = None, timezone: str | None = None) -> Preferences:
-    """What a customer hears before saving preferences."""
+    """What a customer hears before saving preferences (shared: treat it as read-only)."""
     zone = timezone if timezone and is_zone(timezone) else "UTC"
     return Preferences(timezone=zone, language=supported_language(language))
 
