@@ -35,7 +35,6 @@ CHROMIUM_ARGS = [
 PHONE = {"width": 360, "height": 740}
 AXE = Path(__file__).resolve().parents[1] / "js" / "node_modules" / "axe-core" / "axe.min.js"
 
-pytestmark = pytest.mark.browser
 
 
 def free_port() -> int:

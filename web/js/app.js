@@ -23,6 +23,13 @@ export class App {
     this.live = null;
     this.customer = null;
     this.cleanups = [];
+    this.generation = 0;
+  }
+
+  /** A check a view keeps: false once the customer has moved to another screen. */
+  alive() {
+    const generation = this.generation;
+    return () => generation === this.generation;
   }
 
   async start() {
@@ -73,6 +80,7 @@ export class App {
   }
 
   teardown() {
+    this.generation += 1;
     this.live?.stop();
     this.live = null;
     this.refresh = null;

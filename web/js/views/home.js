@@ -54,9 +54,11 @@ export async function render(app) {
         h('ul', { class: 'orders' }, os.map(card)))));
   };
 
+  const alive = app.alive();
   const load = async (announce = false) => {
     try {
       const res = await get('/api/me/orders');
+      if (!alive()) return false;
       // A live update newer than this answer wins: answers can arrive late.
       const known = new Map(orders.map((o) => [o.id, o]));
       orders = res.data.orders.map((o) => {
@@ -69,6 +71,7 @@ export async function render(app) {
       if (announce) app.announce(t('home.refreshed'));
       return true;
     } catch (err) {
+      if (!alive()) return false;
       if (err instanceof ApiError && err.status === 401) { app.go('/sign-in'); return false; }
       list.replaceChildren(h('p', { class: 'error', text: t('order.loadFailed') }));
       return true;

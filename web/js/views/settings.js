@@ -84,6 +84,7 @@ export async function render(app) {
   document.title = `${t('settings.title')} · Waybill`;
   const who = app.customer;
   if (!who) return app.go('/sign-in');
+  const alive = app.alive();
   let prefs = defaults();
   const status = h('p', { role: 'status', class: 'small' });
   try {
@@ -152,10 +153,12 @@ export async function render(app) {
     app.go('/sign-in', { reload: true });
   });
 
+  const deviceList = await devices();
+  if (!alive()) return;
   app.show(h('div', {},
     h('h1', { text: t('settings.title') }),
     form,
-    await devices(),
+    deviceList,
     h('fieldset', {}, h('legend', { text: t('settings.account') }),
       h('p', { text: t('settings.signedInAs', { email: who.email }) }),
       // Issue 6 mounts passkey management here.

@@ -48,6 +48,7 @@ function muteSwitch(orderId) {
 export async function render(app, { token, orderId }) {
   const path = token ? `/api/track/${encodeURIComponent(token)}` : `/api/me/orders/${orderId}`;
   let current = null;
+  const alive = app.alive();
   const mute = orderId ? muteSwitch(orderId) : null;
 
   const draw = (order, storedAt) => {
@@ -61,12 +62,15 @@ export async function render(app, { token, orderId }) {
   const load = async () => {
     try {
       const { data, storedAt } = await get(path);
+      if (!alive()) return;
       // A live update newer than this answer wins: answers can arrive late.
       if (current && (current.cursor || 0) > (data.cursor || 0)) return;
       current = data;
       draw(data, storedAt);
-      app.live?.seen(data.cursor);
+      if (app.live) app.live.seen(data.cursor);
+      else startLive();
     } catch (err) {
+      if (!alive()) return;
       if (err instanceof ApiError && err.status === 401 && !token) return app.go('/sign-in');
       const missing = err instanceof ApiError && err.status === 404;
       app.show(h('section', { class: 'card' },
@@ -75,14 +79,15 @@ export async function render(app, { token, orderId }) {
     }
   };
 
-  await load();
-  if (!current) return;
-  app.startLive(token ? `?track=${encodeURIComponent(token)}` : '', current.cursor, (order) => {
+  // Started after the first answer that arrives, so it resumes from that answer's cursor.
+  const startLive = () => app.startLive(token ? `?track=${encodeURIComponent(token)}` : '', current.cursor, (order) => {
     if (order.id !== current.id) return;
     const changed = order.status !== current.status;
     current = order;
     draw(order, null);
     if (changed) app.announce(t('order.changed', { status: statusLabel(order.status) }));
   });
+
   app.refresh = load;
+  await load();
 }
