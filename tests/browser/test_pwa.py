@@ -119,6 +119,11 @@ def test_chromium_finds_the_app_installable(
         context.close()
 
 
+def assert_no_sideways_scroll(page: Any, name: str) -> None:
+    width = page.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+    assert width[0] <= width[1] == 360, (name, width)
+
+
 def screens(context: Any, server: LiveServer, email: str = "screens@example.com") -> dict[str, str]:
     """Every screen of the app, signed in where it needs to be."""
     order = server.order_in_transit(email=email)
@@ -140,23 +145,26 @@ def test_no_screen_scrolls_sideways_or_has_serious_axe_violations(
     for name, path in paths.items():
         page.goto(live_server.url + path)
         page.locator("main h1").first.wait_for()
-        width = page.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
-        assert width[0] <= width[1] == 360, (name, width)
+        assert_no_sideways_scroll(page, name)
         found[name] = axe_violations(page)
     # Signed out: the sign-in screen, its second step and a wrong tracking link.
     phone.clear_cookies()
     page.goto(live_server.url + "/sign-in")
     page.get_by_label("Email address").wait_for()
+    assert_no_sideways_scroll(page, "sign-in")
     found["sign-in"] = axe_violations(page)
     page.get_by_label("Email address").fill("nobody@example.com")
     page.get_by_role("button", name="Send me a code").click()
     page.get_by_label("6-digit code").wait_for()
+    assert_no_sideways_scroll(page, "sign-in-code")
     found["sign-in-code"] = axe_violations(page)
     page.goto(f"{live_server.url}/auth/link/{live_server.auth.login_link('screens@example.com')}")
     page.get_by_role("button", name="Sign in").wait_for()
+    assert_no_sideways_scroll(page, "sign-in-link")
     found["sign-in-link"] = axe_violations(page)
     page.goto(live_server.url + "/t/" + "x" * 32)
     page.get_by_role("heading", level=1).wait_for()
+    assert_no_sideways_scroll(page, "not-found")
     found["not-found"] = axe_violations(page)
     assert {k: v for k, v in found.items() if v} == {}
 
