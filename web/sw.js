@@ -114,6 +114,12 @@ self.addEventListener('notificationclick', (event) => {
     const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
     const same = windows.find((w) => new URL(w.url).pathname === target.pathname);
     if (same) return same.focus();
+    // Reuse an open app window (the installed app has one) before opening another.
+    const open = windows.find((w) => 'navigate' in w && w.url.startsWith(self.location.origin));
+    if (open) {
+      const moved = await open.navigate(target.href).catch(() => null);
+      if (moved) return moved.focus();
+    }
     return self.clients.openWindow(target.href);
   })());
 });
