@@ -12,7 +12,13 @@ from tests.utils.push_service import unb64url
 from waybill.notify import content, preferences
 from waybill.notify.preferences import ChangeInfo, InvalidPreferences, should_notify
 from waybill.notify.subscriptions import endpoint_error, key_errors
-from waybill.notify.webpush import PushSender, VapidKeys, classify, retry_after_seconds
+from waybill.notify.webpush import (
+    PushSender,
+    VapidKeys,
+    classify,
+    origin_of,
+    retry_after_seconds,
+)
 
 
 def change(status: str, before: str | None = "shipped", muted: bool = False) -> ChangeInfo:
@@ -104,6 +110,8 @@ def test_vapid_header_signed_once_per_origin_and_renewed_before_expiry() -> None
         return json.loads(unb64url(token.split(".")[1]))
 
     assert claims(a1)["aud"] == "https://fcm.googleapis.com"
+    assert origin_of("http://127.0.0.1:9000?x") == "http://127.0.0.1:9000"
+    assert origin_of("https://h.example:8443/p/q#f") == "https://h.example:8443"
     assert claims(b)["aud"] == "https://updates.push.services.mozilla.com"
     assert claims(a1)["exp"] - 1_000_000 <= 24 * 3600
     renewed = sender.vapid_header("https://fcm.googleapis.com/x", now=claims(a1)["exp"] - 1800)

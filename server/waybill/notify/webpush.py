@@ -146,6 +146,13 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def origin_of(endpoint: str) -> str:
+    """``scheme://host[:port]``, the JWT audience, without a full URL parse per message."""
+    start = endpoint.find("//") + 2
+    cuts = [i for i in (endpoint.find(c, start) for c in "/?#") if i >= 0]
+    return endpoint[: min(cuts)] if cuts else endpoint
+
+
 def ttl_for(status: str) -> int:
     return TTL_BY_STATUS.get(status, DEFAULT_TTL)
 
@@ -186,8 +193,7 @@ class PushSender:
     def vapid_header(self, endpoint: str, now: float | None = None) -> str:
         """The ``Authorization`` header for the endpoint's origin, signed at most hourly-ish."""
         now = time.time() if now is None else now
-        parts = urlsplit(endpoint)
-        origin = f"{parts.scheme}://{parts.netloc}"
+        origin = origin_of(endpoint)
         cached = self._headers.get(origin)
         if cached is not None and now < cached[1]:
             return cached[0]
@@ -311,13 +317,12 @@ class _AsyncTransport:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        headers = self.sender.headers_for(sub, m.urgency, m.topic)
+        auth = self.sender.vapid_header(sub.endpoint)
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             f"Content-Type: application/octet-stream\r\nContent-Encoding: aes128gcm\r\n"
-            f"Content-Length: {len(body)}\r\nTTL: {m.ttl}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            + "\r\n"
+            f"Content-Length: {len(body)}\r\nTTL: {m.ttl}\r\nAuthorization: {auth}\r\n"
+            f"Urgency: {m.urgency}\r\nTopic: {m.topic}\r\n\r\n"
         ).encode("latin-1")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         key = (parts.scheme, parts.hostname or "", port)
@@ -395,7 +400,9 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
                 break
             await reader.readexactly(size + 2)
     elif "content-length" in headers:
-        await reader.readexactly(int(headers["content-length"]))
+        length = int(headers["content-length"])
+        if length:
+            await reader.readexactly(length)
     elif status not in (204, 304):
         await reader.read()  # delimited by the close
         keep = False
