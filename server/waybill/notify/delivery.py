@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import smtplib
@@ -62,6 +63,7 @@ class _Batch:
     """Claimed rows on their way out."""
 
     ids: list[int]
+    token: str  # the lease owner of these rows
     now: datetime
     rows: list[int]  # the outbox row of each push message, in order
     pushes: Future[list[PushResult]]
@@ -96,6 +98,7 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cleanup: datetime | None = None
+        self._batches = itertools.count(1)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -127,18 +130,20 @@ class Worker:
         return total
 
     def _begin(self, now: datetime, limit: int | None = None) -> _Batch | None:
+        token = f"{self.owner}:{next(self._batches)}"  # one per batch: two are in flight
         ids = outbox.claim(
             self.engine,
-            owner=self.owner,
+            owner=token,
             limit=limit or self.batch_size,
             now=now,
             lease=self.lease,
         )
         if not ids:
             return None
-        pushes, jobs = self._prepare(ids, now)
+        pushes, jobs = self._prepare(token, now)
         return _Batch(
             ids=ids,
+            token=token,
             now=now,
             rows=[row_id for row_id, _ in pushes],
             pushes=self.sender.send_many_async([m for _, m in pushes]),
@@ -153,7 +158,7 @@ class Worker:
         outcomes += [f.result() for f in batch.others]
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             outbox.record(
-                session, owner=self.owner, outcomes=outcomes, now=max(batch.now, utcnow())
+                session, owner=batch.token, outcomes=outcomes, now=max(batch.now, utcnow())
             )
 
     def start(self) -> Worker:
@@ -195,60 +200,55 @@ class Worker:
     # --- one batch ---------------------------------------------------------------------------
 
     def _prepare(
-        self, ids: list[int], now: datetime
+        self, token: str, now: datetime
     ) -> tuple[list[tuple[int, Outgoing]], list[Callable[[], outbox.Outcome]]]:
-        """Load everything a batch needs in a few queries: the push messages to send, and a
-        job for every other row (email, or an outcome known without sending).
+        """Load everything the batch leased to ``token`` needs in one query: the push messages
+        to send, and a job for every other row (email, or an outcome known without sending).
 
         Plain column rows, not ORM objects: building model instances cost more than the
         encryption."""
         Od, M, C, S, X = Order, Merchant, Customer, PushSubscription, OutboxMessage  # noqa: N806
-        with Session(read_engine(self.engine)) as session:
-            rows = session.exec(
-                select(
-                    X.id,
-                    X.order_id,
-                    X.destination,
-                    X.change_id,
-                    X.channel,
-                    X.subscription_id,
-                    X.status,
-                ).where(col(X.id).in_(ids))
-            ).all()
-            orders = {
-                r[0]: r
-                for r in session.exec(
-                    select(
-                        Od.id,
-                        Od.external_id,
-                        Od.merchant_id,
-                        Od.customer_id,
-                        Od.tracking_token,
-                        Od.estimated_delivery,
-                    ).where(col(Od.id).in_({r[1] for r in rows}))
-                )
-            }
-            merchants = dict(
-                session.exec(
-                    select(M.id, M.name).where(col(M.id).in_({o[2] for o in orders.values()}))
-                ).all()
+        query = (
+            select(
+                X.id,
+                X.order_id,
+                X.destination,
+                X.change_id,
+                X.channel,
+                X.subscription_id,
+                X.status,
+                Od.id,
+                Od.external_id,
+                Od.merchant_id,
+                Od.customer_id,
+                Od.tracking_token,
+                Od.estimated_delivery,
+                M.name,
+                C.id,
+                C.preferences,
+                C.locale,
+                C.timezone,
+                S.id,
+                S.customer_id,
+                S.endpoint,
+                S.p256dh,
+                S.auth,
+                S.language,
             )
-            customers = {
-                r[0]: r
-                for r in session.exec(
-                    select(C.id, C.preferences, C.locale, C.timezone).where(
-                        col(C.id).in_({o[3] for o in orders.values()})
-                    )
-                )
-            }
-            subs = {
-                r[0]: r
-                for r in session.exec(
-                    select(S.id, S.customer_id, S.endpoint, S.p256dh, S.auth, S.language).where(
-                        col(S.id).in_({r[5] for r in rows if r[5]})
-                    )
-                )
-            }
+            .select_from(X)
+            .outerjoin(Od, col(Od.id) == X.order_id)
+            .outerjoin(M, col(M.id) == Od.merchant_id)
+            .outerjoin(C, col(C.id) == Od.customer_id)
+            .outerjoin(S, col(S.id) == X.subscription_id)
+            .where(X.lease_owner == token, X.state == "pending")
+        )
+        with Session(read_engine(self.engine)) as session:
+            joined = session.exec(query).all()  # type: ignore[call-overload]
+        rows = [r[0:7] for r in joined]
+        orders = {r[7]: r[7:13] for r in joined if r[7] is not None}
+        merchants = {r[9]: r[13] for r in joined if r[7] is not None}
+        customers = {r[14]: r[14:18] for r in joined if r[14] is not None}
+        subs = {r[18]: r[18:24] for r in joined if r[18] is not None}
         prefs_of: dict[int, preferences.Preferences] = {}
 
         def prefs_for(customer_id: int) -> preferences.Preferences | None:

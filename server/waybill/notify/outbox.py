@@ -164,31 +164,33 @@ def reevaluate(session: Session, customer: Customer, *, now: datetime | None = N
 
 
 def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timedelta) -> list[int]:
-    """Lease up to ``limit`` due rows to ``owner``; returns their ids."""
-    with Session(engine) as session, session.begin():
-        query = (
-            select(OutboxMessage.id)
-            .where(
-                OutboxMessage.state == "pending",
-                OutboxMessage.due_at <= now,
-                sa.or_(
-                    col(OutboxMessage.lease_until).is_(None),
-                    col(OutboxMessage.lease_until) < now,
-                ),
-            )
-            .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
-            .limit(limit)
+    """Lease up to ``limit`` due rows to ``owner`` (a token per batch); returns their ids.
+
+    One statement: ``UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED])
+    RETURNING id``; the batch is then read back by its owner token, without id lists."""
+    due = (
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.state == "pending",
+            OutboxMessage.due_at <= now,
+            sa.or_(
+                col(OutboxMessage.lease_until).is_(None),
+                col(OutboxMessage.lease_until) < now,
+            ),
         )
-        if engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        ids = [i for i in session.exec(query).all() if i is not None]
-        if ids:
-            session.exec(  # type: ignore[call-overload]
-                sa.update(OutboxMessage)
-                .where(col(OutboxMessage.id).in_(ids))
-                .values(lease_until=now + lease, lease_owner=owner)
-            )
-    return ids
+        .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
+        .limit(limit)
+    )
+    if engine.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    with Session(engine) as session, session.begin():
+        claimed = session.exec(  # type: ignore[call-overload]
+            sa.update(OutboxMessage)
+            .where(col(OutboxMessage.id).in_(due.scalar_subquery()))
+            .values(lease_until=now + lease, lease_owner=owner)
+            .returning(OutboxMessage.id)
+        )
+        return [row[0] for row in claimed]
 
 
 @dataclass(frozen=True)
@@ -212,32 +214,30 @@ def record(session: Session, *, owner: str, outcomes: Sequence[Outcome], now: da
     if not outcomes:
         return
     # The common case in one statement: every row that went out.
-    sent = [o for o in outcomes if o.result == "sent"]
-    if sent:
+    # The common case in two statements, addressed by the batch's owner token (the rows keep
+    # it as a record of who sent them): every row that went out, and their subscriptions.
+    others = [o.row_id for o in outcomes if o.result != "sent"]
+    if len(others) < len(outcomes):
         session.exec(  # type: ignore[call-overload]
             sa.update(OutboxMessage)
             .where(
-                col(OutboxMessage.id).in_([o.row_id for o in sent]),
                 OutboxMessage.lease_owner == owner,
                 OutboxMessage.state == "pending",
+                col(OutboxMessage.id).not_in(others),
             )
-            .values(state="sent", done_at=now, lease_until=None, lease_owner=None)
+            .values(state="sent", done_at=now, lease_until=None)
         )
-        subs = {
-            i
-            for i in session.exec(  # type: ignore[call-overload]
-                select(OutboxMessage.subscription_id).where(
-                    col(OutboxMessage.id).in_([o.row_id for o in sent]),
-                    col(OutboxMessage.subscription_id).is_not(None),
+        session.exec(  # type: ignore[call-overload]
+            sa.update(PushSubscription)
+            .where(
+                col(PushSubscription.id).in_(
+                    select(OutboxMessage.subscription_id)
+                    .where(OutboxMessage.lease_owner == owner, OutboxMessage.state == "sent")
+                    .scalar_subquery()
                 )
             )
-        }
-        if subs:
-            session.exec(  # type: ignore[call-overload]
-                sa.update(PushSubscription)
-                .where(col(PushSubscription.id).in_(subs))
-                .values(last_used_at=now)
-            )
+            .values(last_used_at=now)
+        )
         outcomes = [o for o in outcomes if o.result != "sent"]
         if not outcomes:
             return
