@@ -60,7 +60,7 @@ class OutboxMessage(SQLModel, table=True):
     due_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     deadline: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     lease_until: datetime | None = ts(nullable=True)
-    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_owner: str | None = Field(default=None, max_length=64)  # batch token; kept once sent
     last_error: str | None = Field(default=None, max_length=300)
     created_at: datetime = created()
     done_at: datetime | None = ts(nullable=True)
