@@ -305,7 +305,17 @@ class Hub:
         self.kill_later(conns, grace)
 
     def _on_message(self, _message: Message) -> None:
-        self._wake.set()
+        """Dispatch at once, in the publisher's own greenlet (the committing request with the
+        memory broker, the subscriber with Redis): the frame leaves before the API answers,
+        instead of queueing behind every busy request for the dispatcher's turn."""
+        if not self._started or self._stop.is_set():
+            return
+        try:
+            while self._dispatch_once():
+                pass
+        except Exception:
+            log.exception("live update dispatch failed; the dispatcher will retry")
+            self._wake.set()
 
     def _all(self) -> Iterable[Connection]:
         for conns in self.by_customer.values():
