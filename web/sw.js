@@ -36,8 +36,8 @@ self.addEventListener('fetch', (event) => {
   const url = new URL(request.url);
   if (url.origin !== self.location.origin) return;
   if (request.method !== 'GET') {
-    // Signing in or out changes whose answers may be shown offline.
-    if (url.pathname.startsWith('/auth/')) event.waitUntil(forgetCustomer());
+    // Signing in or out changes whose answers may be shown offline: forget them first.
+    if (url.pathname.startsWith('/auth/')) event.respondWith(forgetCustomer().then(() => fetch(request)));
     return;
   }
   if (url.pathname.startsWith('/api/track/') || url.pathname.startsWith('/api/me')) {

@@ -93,8 +93,8 @@ def _compressed(key: str, body: bytes, mimetype: str, *, cache: str, status: int
 _VIEW_MODULES = {
     "track": ("js/i18n/en.js", "js/views/track.js", "js/views/order-view.js", "js/push.js"),
     "home": ("js/i18n/en.js", "js/views/home.js", "js/views/order-view.js"),
-    "settings": ("js/i18n/en.js", "js/views/settings.js", "js/push.js"),
-    "sign-in": ("js/i18n/en.js", "js/views/sign-in.js"),
+    "settings": ("js/i18n/en.js", "js/views/settings.js", "js/push.js", "js/passkeys.js"),
+    "sign-in": ("js/i18n/en.js", "js/views/sign-in.js", "js/passkeys.js"),
 }
 
 

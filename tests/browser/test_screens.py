@@ -252,3 +252,33 @@ def test_service_worker_shows_pushed_messages_json_or_text(
     ]
     push("plain words, not JSON")
     assert ["Waybill", "plain words, not JSON"] in [n[:2] for n in shown(2)]
+
+
+def test_signing_out_forgets_the_offline_copy_of_that_customers_orders(
+    phone: Any, live_server: LiveServer
+) -> None:
+    email = "leaving@example.com"
+    order = live_server.order_in_transit(email=email)
+    sign_in(phone, live_server, email)
+    page = phone.new_page()
+    page.goto(live_server.url + "/")
+    page.locator(f'[data-order="{order["id"]}"]').wait_for()
+    wait_for_offline_copy(page)
+    page.goto(live_server.url + "/settings")
+    page.get_by_role("button", name="Sign out", exact=True).click()
+    page.get_by_label("Email address").wait_for()
+    kept = page.evaluate(
+        "async () => (await (await caches.open('waybill-api')).keys()).map((r) => r.url)"
+    )
+    assert not [url for url in kept if "/api/me" in url]
+    phone.set_offline(True)
+    try:
+        page.goto(live_server.url + "/")
+        page.get_by_label("Email address").wait_for()  # offline and signed out: sign in
+        assert page.locator("[data-order]").count() == 0
+    finally:
+        phone.set_offline(False)
+    # Back online, the emailed link's form POST works through the service worker too.
+    sign_in(phone, live_server, email)
+    page.goto(live_server.url + "/")
+    page.locator(f'[data-order="{order["id"]}"]').wait_for()
