@@ -173,3 +173,25 @@ def test_https_push_service_over_kept_alive_connections(tmp_path) -> None:  # ty
     finally:
         sender.close()
         push.stop()
+
+
+def test_single_send_through_pywebpush_and_a_shared_requests_session() -> None:
+    from tests.utils.push_service import PushService
+    from waybill.notify.webpush import Subscription
+
+    push = PushService().start()
+    keys = VapidKeys(ec.generate_private_key(ec.SECP256R1()))
+    push.expected_key = keys.public_key
+    sender = PushSender(keys, "mailto:ops@x.test", timeout=5)
+    try:
+        browser = push.subscribe()
+        sub = Subscription(browser.endpoint, **browser.to_json()["keys"])
+        result = sender.send(sub, b'{"title": "one"}', ttl=60, urgency="high", topic="order-9")
+        assert result.outcome == "sent" and push.errors == []
+        [delivery] = push.delivered_to(browser)
+        assert delivery.payload == {"title": "one"} and delivery.headers["topic"] == "order-9"
+        push.for_subscription(browser, 410)
+        assert sender.send(sub, b"{}", ttl=60, urgency="normal", topic="t").outcome == "gone"
+    finally:
+        sender.close()
+        push.stop()
