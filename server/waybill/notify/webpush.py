@@ -45,6 +45,7 @@ HIGH_URGENCY = frozenset({"out_for_delivery", "delivered", "attempted", "excepti
 #: How long a push service keeps a message for an offline phone, per status (seconds).
 TTL_BY_STATUS = {"out_for_delivery": 6 * 3600, "attempted": 24 * 3600, "delivered": 24 * 3600}
 DEFAULT_TTL = 2 * 24 * 3600
+OPEN_AT_ONCE = 16  # new connections being opened to one push service at a time
 
 
 def b64url(data: bytes) -> str:
@@ -283,6 +284,7 @@ class _AsyncTransport:
         ] = {}
         self.tls = sender.tls
         self.gate: asyncio.Semaphore | None = None
+        self.opening: dict[tuple[str, str, int], asyncio.Semaphore] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="waybill-push-io", daemon=True
@@ -350,17 +352,33 @@ class _AsyncTransport:
     async def _connect(
         self, key: tuple[str, str, int]
     ) -> tuple[bool, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """A kept-alive connection to the origin, or a new one. New ones are opened a few at a
+        time, so a burst reuses connections that come free rather than opening one each: a
+        push service that answers at once needs few, a slow one gets as many as it takes."""
+        reused = self._reuse(key)
+        if reused is not None:
+            return True, reused
+        opening = self.opening.setdefault(key, asyncio.Semaphore(OPEN_AT_ONCE))
+        async with opening:
+            reused = self._reuse(key)
+            if reused is not None:
+                return True, reused
+            scheme, host, port = key
+            tls = self.tls if scheme == "https" else None
+            return False, await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=host if tls else None
+            )
+
+    def _reuse(
+        self, key: tuple[str, str, int]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         pool = self.idle.get(key)
         while pool:
             reader, writer = pool.pop()
             if not writer.is_closing() and not reader.at_eof():
-                return True, (reader, writer)
+                return reader, writer
             writer.close()
-        scheme, host, port = key
-        tls = self.tls if scheme == "https" else None
-        return False, await asyncio.open_connection(
-            host, port, ssl=tls, server_hostname=host if tls else None
-        )
+        return None
 
     def close(self) -> None:
         async def shut() -> None:
