@@ -195,3 +195,25 @@ def test_single_send_through_pywebpush_and_a_shared_requests_session() -> None:
     finally:
         sender.close()
         push.stop()
+
+
+def test_connections_the_push_service_dropped_are_replaced_without_a_retry() -> None:
+    from tests.utils.push_service import PushService
+    from waybill.notify.webpush import Outgoing, Subscription
+
+    push = PushService().start()
+    keys = VapidKeys(ec.generate_private_key(ec.SECP256R1()))
+    push.expected_key = keys.public_key
+    sender = PushSender(keys, "mailto:ops@x.test", pool_size=4)
+    try:
+        browser = push.subscribe()
+        sub = Subscription(browser.endpoint, **browser.to_json()["keys"])
+        one = [Outgoing(sub, b'{"n": 1}', 60, "normal", "order-1")] * 4
+        assert [r.outcome for r in sender.send_many(one)] == ["sent"] * 4
+        push.drop_idle = True  # every kept-alive connection is closed behind our back
+        for _ in range(3):
+            assert [r.outcome for r in sender.send_many(one)] == ["sent"] * 4
+        assert len(push.delivered_to(browser)) == 16 and push.errors == []
+    finally:
+        sender.close()
+        push.stop()

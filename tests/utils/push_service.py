@@ -78,6 +78,7 @@ class PushService:
         self.answers: deque[tuple[int, dict[str, str]]] = deque()  # next answers, in order
         self.per_subscription: dict[str, tuple[int, dict[str, str]]] = {}
         self.default_answer: tuple[int, dict[str, str]] = (201, {})
+        self.drop_idle = False
         self.lock = threading.Condition()
         self._ids = itertools.count(1)
         self.count = 0
@@ -100,6 +101,8 @@ class PushService:
                     self.send_header(k, v)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                if service.drop_idle:  # as an idle timeout does: no notice, just gone
+                    self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
