@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,15 @@ import pytest
 import websocket
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlmodel import Session
 from werkzeug.serving import make_server
 
 from tests.conftest import make_settings
+from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
 from waybill import create_app
 from waybill.api.schemas import OrderEventCreate
-from waybill.db import session_scope
+from waybill.db import migrate, session_scope
 from waybill.ingest import record_order_event
 from waybill.models import Order
 from waybill.realtime.broker import RESUBSCRIBED, RedisBroker
@@ -385,6 +388,78 @@ def test_sockets_catch_up_on_changes_published_while_redis_was_down(
         live.close()
         app.extensions["waybill.hub"].close()
         app.extensions["waybill.broker"].close()
+        server.shutdown()
+        server.server_close()
+        app.extensions["waybill.engine"].dispose()
+
+
+# --- keepalive ------------------------------------------------------------------------------
+
+
+def test_a_client_that_answers_pings_stays_and_a_silent_one_is_dropped(
+    app: Flask, connect: Callable[..., LiveClient], live_server: str, merchant: MerchantActions
+) -> None:
+    app.extensions["waybill.hub"].ping_interval = 1.0  # 25 s in production
+    order = merchant.create_order("hana@example.com")
+    listening = connect(track=_token(order))  # websocket-client answers pings as it reads
+    listening.hello()
+    reader = ThreadPoolExecutor(1)
+    heard = reader.submit(listening.until_status, order["id"], "processing")
+    port = int(live_server.rsplit(":", 1)[1])
+    silent = socket.create_connection(("127.0.0.1", port))
+    silent.sendall(
+        b"GET /ws?track=" + _token(order).encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    silent.settimeout(20)
+    received = b""
+    while chunk := silent.recv(65536):  # reads, but never answers a ping
+        received += chunk
+    silent.close()
+    assert b" 101 " in received.split(b"\r\n", 1)[0] and b"\x89\x00" in received  # pinged, then cut
+
+    merchant.post(f"/orders/{order['id']}/events", {"status": "processing"})
+    assert heard.result(timeout=20)[-1]["order"]["status"] == "processing"  # still there
+    reader.shutdown()
+
+
+# --- PostgreSQL: ids are taken before commit, and rollbacks leave gaps ----------------------
+
+
+def test_live_updates_on_postgres_skip_the_gap_a_rollback_leaves(
+    pg_database: str, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(tmp_path, database_url=pg_database))
+    migrate(app.extensions["waybill.engine"])
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = app.test_client()
+    shop = make_merchant(app, client)
+    order = shop.create_order("ivan@example.com")
+    live = LiveClient(f"http://127.0.0.1:{server.server_port}", track=_token(order))
+    try:
+        start = live.hello()
+        # a change written and rolled back: its id is used up, never committed
+        with Session(app.extensions["waybill.engine"]) as session:
+            row = session.get(Order, order["id"])
+            assert row is not None
+            record_order_event(
+                session=session, order=row, data=OrderEventCreate(status="processing")
+            )
+            session.flush()
+            session.rollback()
+        r = shop.post(f"/orders/{order['id']}/events", {"status": "cancelled"})
+        assert r.status_code == 201
+        update = live.updates(1)[0]
+        assert update["order"]["status"] == "cancelled"
+        assert update["cursor"] == r.get_json()["cursor"] > start + 1  # past the gap
+        live.resume(start)
+        assert [m["order"]["status"] for m in live.updates(1)] == ["cancelled"]
+    finally:
+        live.close()
+        app.extensions["waybill.hub"].close()
         server.shutdown()
         server.server_close()
         app.extensions["waybill.engine"].dispose()
