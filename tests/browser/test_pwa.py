@@ -194,6 +194,7 @@ def test_sign_in_works_with_the_keyboard_alone(phone: Any, live_server: LiveServ
     page.keyboard.press("Enter")
     page.get_by_role("heading", name="Your orders").wait_for()
     assert page.url == live_server.url + "/"
+    page.locator(".order-card").first.wait_for()
     assert page.locator(".order-card").count() == 1
 
 

@@ -24,6 +24,11 @@ export class App {
     this.customer = null;
     this.cleanups = [];
     this.generation = 0;
+    // Answers fetched before a worker controlled the page are not kept for offline use. A page
+    // whose own load bypassed the worker (workerStart 0) had its preloads bypass it too, even
+    // if the worker claimed the page before this line ran.
+    const nav = performance.getEntriesByType?.('navigation')[0];
+    this.controlledAtStart = Boolean(navigator.serviceWorker?.controller) && (!nav || nav.workerStart > 0);
   }
 
   /** A check a view keeps: false once the customer has moved to another screen. */
@@ -129,10 +134,17 @@ export class App {
         });
       });
     }).catch(() => {});
+    // The first worker took over after this page fetched its data: fetch it again through
+    // the worker, once, so that an offline visit has this answer.
+    const keepForOffline = () => {
+      if (this.controlledAtStart || !navigator.serviceWorker.controller) return;
+      this.controlledAtStart = true;
+      this.refresh?.();
+    };
+    keepForOffline();
     let reloading = false;
     navigator.serviceWorker.addEventListener('controllerchange', () => {
-      // First install: fetch again through the worker so an offline visit has this answer.
-      if (!hadController) { hadController = true; this.refresh?.(); return; }
+      if (!hadController) { hadController = true; keepForOffline(); return; }
       if (!reloading) { reloading = true; location.reload(); }
     });
   }
