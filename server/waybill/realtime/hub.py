@@ -109,8 +109,19 @@ class Connection:
     """
 
     __slots__ = (
-        "hub", "sock", "raw", "scope", "last", "held", "pending", "pending_size",
-        "partial", "draining", "closing", "closed", "alive",
+        "hub",
+        "sock",
+        "raw",
+        "scope",
+        "last",
+        "held",
+        "pending",
+        "pending_size",
+        "partial",
+        "draining",
+        "closing",
+        "closed",
+        "alive",
     )
 
     def __init__(self, hub: Hub, sock: socket.socket, scope: Scope) -> None:
