@@ -58,6 +58,10 @@ class WebSocketWorker(GeventWorker):
         super().handle_exit(sig, frame)  # stop accepting; wait for open requests to end
         gevent.spawn(self._close_sockets)
 
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        gevent.spawn(self._close_sockets)  # SIGINT/SIGQUIT exit at once: say goodbye first
+        super().handle_quit(sig, frame)
+
     def _close_sockets(self) -> None:
         hub = getattr(self.wsgi, "extensions", {}).get("waybill.hub")
         if hub is not None:
