@@ -449,8 +449,8 @@ class Hub:
         if not isinstance(msg, dict) or msg.get("type") != "resume":
             return  # unknown messages are ignored, so clients may grow new ones
         cursor = msg.get("cursor")
-        if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
-            return
+        if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor < 2**53:
+            return  # not a cursor we ever sent (2**53: the largest a JavaScript client keeps)
         self.resume(conn, cursor)
 
     def resume(self, conn: Connection, after: int) -> None:
