@@ -34,6 +34,7 @@ class Settings:
     oidc_client_secret: str = ""
     push_endpoint_hosts: tuple[str, ...] = ()
     run_worker: bool = True
+    outbox_lease_seconds: int = 120  # a dead worker's claimed notifications wait this long
     proxy_hops: int = 0  # reverse proxies in front that set X-Forwarded-For/-Proto
     rate_limits: tuple[tuple[str, str], ...] = ()  # overrides, see waybill.security
     testing: bool = False
@@ -71,6 +72,9 @@ class Settings:
             "oidc_client_secret": env.get("WAYBILL_OIDC_CLIENT_SECRET", ""),
             "push_endpoint_hosts": hosts,
             "run_worker": env.get("WAYBILL_RUN_WORKER", "1") not in ("0", "false", "no"),
+            "outbox_lease_seconds": _whole_number(
+                "WAYBILL_OUTBOX_LEASE_SECONDS", env.get("WAYBILL_OUTBOX_LEASE_SECONDS", "120")
+            ),
             "proxy_hops": _whole_number("WAYBILL_PROXY_HOPS", env.get("WAYBILL_PROXY_HOPS", "0")),
             "rate_limits": tuple(
                 tuple(part.strip() for part in item.split("=", 1))  # type: ignore[misc]

@@ -43,12 +43,12 @@ def start_worker(app: Flask) -> object:
     """Start an outbox worker thread for this process, woken by every committed change."""
     from waybill.notify.delivery import Worker
 
+    settings = app.config["WAYBILL_SETTINGS"]
     # A worker that dies leaves its rows leased this long before another claims them.
-    lease = float(os.environ.get("WAYBILL_OUTBOX_LEASE_SECONDS", "120"))
     worker = Worker(
         app.extensions["waybill.engine"],
-        app.config["WAYBILL_SETTINGS"],
-        lease=timedelta(seconds=lease),
+        settings,
+        lease=timedelta(seconds=settings.outbox_lease_seconds),
     ).start()
     app.extensions["waybill.broker"].subscribe(worker.notify)
     app.extensions["waybill.worker"] = worker
