@@ -27,7 +27,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         TESTING=settings.testing,
     )
     if not app.logger.handlers or settings.testing:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
 
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -38,7 +40,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     errors.init_app(app)
     for blueprint in (
-        spec.bp, merchant.bp, customer.bp, track.bp, auth_routes.bp, pages.bp,
+        spec.bp,
+        merchant.bp,
+        customer.bp,
+        track.bp,
+        auth_routes.bp,
+        pages.bp,
     ):
         app.register_blueprint(blueprint)
     from waybill import security
@@ -75,8 +82,12 @@ def _publish_after_commit(session: Session) -> None:
         return
     for p in published:
         broker.publish(
-            {"cursor": p.cursor, "order_id": p.order_id, "customer_id": p.customer_id,
-             "status": p.status}
+            {
+                "cursor": p.cursor,
+                "order_id": p.order_id,
+                "customer_id": p.customer_id,
+                "status": p.status,
+            }
         )
 
 

@@ -79,8 +79,13 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
 
 @main.command()
-@click.option("--concurrency", default=256, show_default=True, type=int,
-              help="Notifications in flight at once.")
+@click.option(
+    "--concurrency",
+    default=256,
+    show_default=True,
+    type=int,
+    help="Notifications in flight at once.",
+)
 @_config_errors
 def worker(concurrency: int) -> None:
     """Send queued notifications (Web Push, email) until stopped; the server can then run
@@ -135,12 +140,16 @@ def keys_list(merchant_id: str) -> None:
 
     with session_scope(_engine(_settings())) as session:
         for k in list_keys(session=session, merchant_id=merchant_id):
-            click.echo(json.dumps({
-                "prefix": k.prefix,
-                "created_at": k.created_at.isoformat(),
-                "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
-                "revoked": k.revoked_at is not None,
-            }))
+            click.echo(
+                json.dumps(
+                    {
+                        "prefix": k.prefix,
+                        "created_at": k.created_at.isoformat(),
+                        "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+                        "revoked": k.revoked_at is not None,
+                    }
+                )
+            )
 
 
 @merchant_keys_group.command("add")
@@ -155,7 +164,9 @@ def keys_add(merchant_id: str) -> None:
         m = session.get(Merchant, merchant_id)
         if m is None:
             raise click.ClickException(f"no merchant {merchant_id}")
-        click.echo(json.dumps({"merchant_id": m.id, "api_key": issue_key(session=session, merchant=m)}))
+        click.echo(
+            json.dumps({"merchant_id": m.id, "api_key": issue_key(session=session, merchant=m)})
+        )
 
 
 @merchant_keys_group.command("revoke")
@@ -193,8 +204,8 @@ def login_link(email: str) -> None:
 @_config_errors
 def demo() -> None:
     """Seed a demo merchant, customer and orders at several stages."""
-    from waybill.demo import seed
     from waybill.db import session_scope
+    from waybill.demo import seed
 
     settings = _settings()
     with session_scope(_engine(settings)) as session:
