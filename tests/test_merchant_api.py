@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from tests.utils.factories import make_merchant, row_counts
@@ -278,3 +280,28 @@ def test_openapi_documents_every_api_route(client, app):
             path = rule.rule.replace("<int:", "<").replace("<", "{").replace(">", "}")
             for method in rule.methods - {"HEAD", "OPTIONS"}:
                 assert (path, method) in documented, (path, method)
+
+
+def test_hostile_bodies_get_clear_errors_not_500(merchant, client, app):
+    before = row_counts(app)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/api/v1/orders", "/auth/email", "/auth/code"):
+        r = client.post(
+            path, data=deep, headers={**merchant.headers, "Content-Type": "application/json"}
+        )
+        assert r.status_code == 400, path
+    nul = merchant.post(
+        "/orders", {"external_id": "A\u0000B", "customer": {"email": "a@example.com"}}
+    )
+    assert nul.status_code == 422 and "external_id" in nul.get_json()["error"]["fields"]
+    for stamp in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        r = merchant.post(
+            "/orders",
+            {"external_id": "far", "customer": {"email": "a@example.com"}, "placed_at": stamp},
+        )
+        assert r.status_code == 422 and "placed_at" in r.get_json()["error"]["fields"], stamp
+    huge_cursor = base64.urlsafe_b64encode(b"9" * 25).decode().rstrip("=")
+    assert merchant.get(f"/orders?cursor={huge_cursor}").status_code == 422
+    assert merchant.get("/orders?external_id=%00").status_code == 422
+    assert client.post("/auth/email", json={"email": "a\u0000@example.com"}).status_code == 422
+    assert row_counts(app) == before

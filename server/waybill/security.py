@@ -108,7 +108,10 @@ def _client_ip() -> str:
 
 
 def _email_of_request() -> str:
-    data: Any = request.get_json(silent=True) if request.is_json else None
+    try:
+        data: Any = request.get_json(silent=True) if request.is_json else None
+    except RecursionError:  # absurdly nested JSON: parse_body answers 400 for it
+        data = None
     email = data.get("email") if isinstance(data, dict) else request.form.get("email")
     if not isinstance(email, str) or not email.strip():
         return "none"

@@ -123,7 +123,7 @@ def _decode_cursor(raw: str) -> int:
         value = int(base64.urlsafe_b64decode(raw.encode() + b"==").decode())
     except (ValueError, UnicodeDecodeError):
         raise ApiError(422, "invalid", "bad cursor", {"cursor": "not a cursor we gave"}) from None
-    if value < 1:
+    if not 1 <= value <= MAX_ID:
         raise ApiError(422, "invalid", "bad cursor", {"cursor": "not a cursor we gave"})
     return value
 
@@ -160,6 +160,8 @@ def list_orders() -> Any:
         fields["status"] = "not a known status"
     if len(args.get("external_id", "")) > 200:
         fields["external_id"] = "at most 200 characters"
+    elif "\x00" in args.get("external_id", ""):
+        fields["external_id"] = "contains NUL"
     if len(args.get("cursor", "")) > 40:
         fields["cursor"] = "not a cursor we gave"
     if fields:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
@@ -45,6 +46,17 @@ def _zone_enum(schema: dict[str, object]) -> None:
 TimeZone = Annotated[str, AfterValidator(_known_zone), Field(json_schema_extra=_zone_enum)]
 
 
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+
+
+#: A timestamp with an offset that still exists in UTC (0001-01-01T00:00+05:00 does not).
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,14 +85,14 @@ class OrderCreate(Strict):
     external_id: Text200
     customer: CustomerIn
     items: list[ItemIn] = Field(default_factory=list, max_length=200)
-    placed_at: AwareDatetime | None = None
+    placed_at: Instant | None = None
 
 
 class OrderEventCreate(Strict):
     """A change of the order itself (being prepared, cancelled, ...)."""
 
     status: StatusName
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Instant | None = None
     event_id: Text200 | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
 
@@ -93,21 +105,21 @@ class ShipmentCreate(Strict):
         str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9 ._/-]{1,100}$")
     ]
     service: Text100 | None = None
-    estimated_delivery: AwareDatetime | None = None
+    estimated_delivery: Instant | None = None
 
 
 class ShipmentEventCreate(Strict):
     """A carrier scan or status change of one shipment."""
 
     status: StatusName
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     event_id: Text200 | None = None
     location: Annotated[str, StringConstraints(max_length=200)] | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
 
 
 class EmailSignIn(Strict):
-    email: Annotated[str, StringConstraints(max_length=320)]
+    email: Annotated[str, StringConstraints(max_length=320, pattern=r"^[^\x00]*$")]
 
 
 class CodeSignIn(Strict):

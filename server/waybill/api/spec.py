@@ -70,16 +70,39 @@ def parse_body(model: type[M]) -> M:
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     try:
         data = request.get_json(force=True, cache=True)
-    except BadRequest:
+    except (BadRequest, RecursionError):  # RecursionError: nesting deeper than the parser goes
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
+    nul = _first_nul(data)
+    if nul is not None:
+        raise ApiError(422, "invalid", "text may not contain NUL", {nul or "body": "contains NUL"})
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(
             422, "invalid", "some values are not valid", validation_fields(exc)
         ) from None
+
+
+def _first_nul(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (or key) holding NUL, which no database stores."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return where
+        found = _first_nul(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 _CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
