@@ -215,11 +215,37 @@ def test_resume_replays_each_changed_order_once_then_goes_live(
     assert live_one["order"]["status"] == "delivered"
     assert live_one["cursor"] > replay[-1]["cursor"]
 
-    # a resume from before everything: every order of hers once, oldest change first
+    # on this socket a later, older resume never steps the cursors back: it had all that
     again.resume(seen - 1 if seen else 0)
-    full = again.updates(2)
-    assert [m["order"]["id"] for m in full] == [b["id"], a["id"]]
+    merchant.post(f"/orders/{b['id']}/events", {"status": "cancelled"})
+    (after_old_resume,) = again.updates(1)
+    assert after_old_resume["order"]["id"] == b["id"]
+    assert after_old_resume["cursor"] > live_one["cursor"]
     again.close()
+
+    # a new socket resuming from before everything: every order of hers once, oldest first
+    fresh = connect(cookie=_session_cookie(client))
+    fresh.hello()
+    fresh.resume(seen - 1 if seen else 0)
+    full = fresh.updates(2)
+    assert [m["order"]["id"] for m in full] == [a["id"], b["id"]]
+    fresh.close()
+
+
+def test_a_resume_cursor_from_the_future_does_not_mute_the_socket(
+    connect: Callable[..., LiveClient],
+    merchant: MerchantActions,
+    auth: AuthActions,
+    client: FlaskClient,
+) -> None:
+    order = merchant.create_order("erin@example.com")
+    auth.sign_in("erin@example.com")
+    live = connect(cookie=_session_cookie(client))
+    hello = live.hello()
+    live.resume(hello + 1000)  # e.g. kept from before the database was restored
+    merchant.add_shipment(order["id"])
+    (update,) = live.updates(1)
+    assert update["order"]["status"] == "shipped" and update["cursor"] > hello
 
 
 def test_tracking_socket_sees_only_its_order(
@@ -236,8 +262,10 @@ def test_tracking_socket_sees_only_its_order(
     got = live.updates(2)
     assert {m["order"]["id"] for m in got} == {mine["id"]}
     assert got[-1]["order"] == client.get(f"/api/track/{_token(mine)}").get_json()
-    live.resume(0)
-    assert [m["order"]["id"] for m in live.updates(1)] == [mine["id"]]
+    again = connect(track=_token(mine))
+    again.hello()
+    again.resume(0)
+    assert [m["order"]["id"] for m in again.updates(1)] == [mine["id"]]
     live.close()
 
 

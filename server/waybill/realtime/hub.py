@@ -122,6 +122,7 @@ class Connection:
         "closing",
         "closed",
         "alive",
+        "updated",
     )
 
     def __init__(self, hub: Hub, sock: socket.socket, scope: Scope) -> None:
@@ -139,6 +140,7 @@ class Connection:
         self.closing = False  # a close frame is queued: nothing else goes out
         self.closed = False
         self.alive = True  # heard from since the last ping
+        self.updated = False  # an order.updated frame has gone out on this socket
 
     def deliver(self, cursor: int, frame: bytes) -> None:
         if cursor <= self.last or self.closing:
@@ -147,6 +149,7 @@ class Connection:
             self.held.append((cursor, frame))
             return
         self.last = cursor
+        self.updated = True
         self.write(frame)
 
     def write(self, data: bytes) -> None:
@@ -466,7 +469,7 @@ class Hub:
             conn.held = []
             upto = self.hwm
         try:
-            frames = self._replay(conn.scope, after, upto)
+            frames = self._replay(conn.scope, min(after, upto), upto)
         except Exception:
             log.exception("resume failed")
             with self.lock:
@@ -475,7 +478,12 @@ class Hub:
             return
         with self.lock:
             held, conn.held = conn.held or [], None
-            conn.last = after
+            # A cursor from the future (a database restored from backup) would mute the
+            # socket until the log caught up with it: resume from what exists instead. Once
+            # updates went out on this socket, never step back: every order whose last change
+            # is at or below ``conn.last`` was already sent here in its latest state.
+            after = min(after, upto)
+            conn.last = max(conn.last, after) if conn.updated else after
             for cursor, frame in frames:
                 conn.deliver(cursor, frame)
             for cursor, frame in held:
