@@ -290,10 +290,6 @@ def test_hostile_bodies_get_clear_errors_not_500(merchant, client, app):
             path, data=deep, headers={**merchant.headers, "Content-Type": "application/json"}
         )
         assert r.status_code == 400, path
-    nul = merchant.post(
-        "/orders", {"external_id": "A\u0000B", "customer": {"email": "a@example.com"}}
-    )
-    assert nul.status_code == 422 and "external_id" in nul.get_json()["error"]["fields"]
     for stamp in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
         r = merchant.post(
             "/orders",
@@ -302,6 +298,11 @@ def test_hostile_bodies_get_clear_errors_not_500(merchant, client, app):
         assert r.status_code == 422 and "placed_at" in r.get_json()["error"]["fields"], stamp
     huge_cursor = base64.urlsafe_b64encode(b"9" * 25).decode().rstrip("=")
     assert merchant.get(f"/orders?cursor={huge_cursor}").status_code == 422
-    assert merchant.get("/orders?external_id=%00").status_code == 422
-    assert client.post("/auth/email", json={"email": "a\u0000@example.com"}).status_code == 422
     assert row_counts(app) == before
+    # NUL, which no database keeps (PostgreSQL refuses it), is dropped from text on the way in.
+    nul = merchant.post(
+        "/orders", {"external_id": "A\u0000B", "customer": {"email": "a@example.com"}}
+    )
+    assert nul.status_code == 201 and nul.get_json()["external_id"] == "AB"
+    found = merchant.get("/orders?external_id=A%00B").get_json()["orders"]
+    assert [o["id"] for o in found] == [nul.get_json()["id"]]

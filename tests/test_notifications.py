@@ -446,3 +446,47 @@ def test_tracking_link_subscription_is_forgotten_30_days_after_delivery(
         assert outbox.expire_anonymous(s, now=now + timedelta(days=31)) == 1
     with Session(engine) as s:
         assert s.exec(select(PushSubscription)).all() == []
+
+
+def test_a_shared_browser_stops_hearing_the_previous_customer(
+    shopper: Shopper, auth: AuthActions, push: PushService, worker: Worker
+) -> None:
+    auth.sign_out()
+    shopper.merchant.create_order("next@example.com")
+    csrf = auth.sign_in("next@example.com")
+    r = auth.client.post(
+        "/api/me/push-subscriptions",
+        json=shopper.browser.to_json(),
+        headers={"X-CSRF-Token": csrf},
+    )
+    assert r.status_code == 201
+    shopper.ship()  # the first customer's order
+    worker.run_until_idle()
+    assert payloads(push, shopper.browser) == []
+
+
+def test_one_browser_subscribed_twice_hears_each_change_once(
+    shopper: Shopper, client: FlaskClient, push: PushService, worker: Worker
+) -> None:
+    token = shopper.order["tracking_url"].rsplit("/", 1)[1]
+    r = client.post(f"/api/track/{token}/push-subscriptions", json=shopper.browser.to_json())
+    assert r.status_code == 201  # "Notify me" on the tracking page of the same browser
+    shopper.ship()
+    worker.run_until_idle()
+    assert [p["status"] for p in payloads(push, shopper.browser)] == ["shipped"]
+
+
+def test_anonymous_devices_per_order_are_bounded(
+    merchant: MerchantActions, client: FlaskClient, push: PushService
+) -> None:
+    from waybill.api.notifications import MAX_DEVICES_PER_ORDER
+
+    order = merchant.create_order("many@example.com")
+    path = f"/api/track/{order['tracking_url'].rsplit('/', 1)[1]}/push-subscriptions"
+    browsers = [push.subscribe() for _ in range(MAX_DEVICES_PER_ORDER + 1)]
+    for browser in browsers[:-1]:
+        assert client.post(path, json=browser.to_json()).status_code == 201
+    refused = client.post(path, json=browsers[-1].to_json())
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "too_many_subscriptions"
+    assert client.post(path, json=browsers[0].to_json()).status_code == 201  # a known one renews

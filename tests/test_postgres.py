@@ -66,3 +66,6 @@ def test_order_lifecycle_on_postgres(pg_app):
     )
     assert clash.status_code == 409
     assert row_counts(pg_app) == before
+    # PostgreSQL refuses NUL in text: it is dropped on the way in, not a 500
+    nul = merchant.post("/orders", {"external_id": "N\u0000UL", "customer": {"email": "n@x.de"}})
+    assert nul.status_code == 201 and nul.get_json()["external_id"] == "NUL"

@@ -22,6 +22,8 @@ from waybill.tracking.statuses import is_terminal
 
 bp = Blueprint("notifications_api", __name__)
 MAX_ID = 2**63 - 1
+#: Anonymous "Notify me" devices one order may have: one status change fans out to each.
+MAX_DEVICES_PER_ORDER = 20
 #: Checked by ``preferences.parse`` (so one answer names every bad field); the pattern is for
 #: the OpenAPI document.
 HHMM = Annotated[
@@ -288,6 +290,13 @@ def add_subscription() -> Any:
     body = parse_body(SubscriptionBody)
     _checked_subscription(body)
     db = get_session()
+    others = subscriptions.held_by_other_customers(
+        db,
+        customer_id=customer.id,  # type: ignore[arg-type]
+        endpoint=body.endpoint,
+    )
+    if others:
+        outbox.forget_subscriptions(db, others, now=utcnow())
     sub, _ = subscriptions.save(
         db,
         scope=f"customer:{customer.id}",
@@ -353,10 +362,20 @@ def add_track_subscription(token: str) -> Any:
         raise not_found("order")
     body = parse_body(SubscriptionBody)
     _checked_subscription(body)
+    scope = f"order:{order.id}"
+    if (
+        subscriptions.find(db, scope=scope, endpoint=body.endpoint) is None
+        and subscriptions.count_in_scope(db, scope) >= MAX_DEVICES_PER_ORDER
+    ):
+        raise ApiError(
+            429,
+            "too_many_subscriptions",
+            f"at most {MAX_DEVICES_PER_ORDER} devices can follow one order without an account",
+        )
     language = body.language or request.accept_languages.best_match(preferences.LANGUAGES)
     sub, _ = subscriptions.save(
         db,
-        scope=f"order:{order.id}",
+        scope=scope,
         endpoint=body.endpoint,
         p256dh=body.keys.p256dh,
         auth=body.keys.auth,

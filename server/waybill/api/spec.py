@@ -74,35 +74,24 @@ def parse_body(model: type[M]) -> M:
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
-    nul = _first_nul(data)
-    if nul is not None:
-        raise ApiError(422, "invalid", "text may not contain NUL", {nul or "body": "contains NUL"})
     try:
-        return model.model_validate(data)
+        return model.model_validate(without_nul(data))
     except ValidationError as exc:
         raise ApiError(
             422, "invalid", "some values are not valid", validation_fields(exc)
         ) from None
 
 
-def _first_nul(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string (or key) holding NUL, which no database stores."""
+def without_nul(value: Any) -> Any:
+    """``value`` with NUL characters removed from every string: no database keeps them
+    (PostgreSQL refuses them outright) and no name, id or note means anything by one."""
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        return value.replace("\x00", "") if "\x00" in value else value
     if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        where = f"{path}.{key}" if path else str(key)
-        if isinstance(key, str) and "\x00" in key:
-            return where
-        found = _first_nul(item, where)
-        if found is not None:
-            return found
-    return None
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
 
 
 _CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")

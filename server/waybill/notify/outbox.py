@@ -51,13 +51,20 @@ def enqueue_change(
     rows: list[OutboxMessage] = []
 
     customer = session.get(Customer, order.customer_id)
+    # A browser the customer turned push on in hears this order by the customer's own
+    # preferences, never a second time through a "Notify me" of the same browser.
+    customer_endpoints: set[str] = set()
     if customer is not None:
         decision = preferences.should_notify(info, customer_preferences(customer), now)
         due = decision.hold_until or now
-        if "push" in decision.channels:
-            for sub in session.exec(
+        own = list(
+            session.exec(
                 select(PushSubscription).where(PushSubscription.scope == f"customer:{customer.id}")
-            ):
+            )
+        )
+        customer_endpoints = {sub.endpoint_hash for sub in own}
+        if "push" in decision.channels:
+            for sub in own:
                 rows.append(_row(change, order, "push", f"sub:{sub.id}", sub.id, due, now))
         if "email" in decision.channels:
             rows.append(_row(change, order, "email", customer.email, None, due, now))
@@ -68,7 +75,8 @@ def enqueue_change(
     if anonymous:
         decision = preferences.should_notify(info, preferences.anonymous(), now)
         for sub in anonymous:
-            if "push" in decision.channels and (sub.expires_at is None or sub.expires_at > now):
+            live = sub.expires_at is None or sub.expires_at > now
+            if "push" in decision.channels and live and sub.endpoint_hash not in customer_endpoints:
                 row = _row(change, order, "push", f"sub:{sub.id}", sub.id, now, now)
                 row.customer_id = None
                 rows.append(row)

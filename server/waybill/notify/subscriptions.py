@@ -10,8 +10,9 @@ import hashlib
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from waybill.models import utcnow
 from waybill.notify.models import PushSubscription
@@ -147,6 +148,28 @@ def save(
     session.add(sub)
     session.flush()
     return sub, created
+
+
+def held_by_other_customers(session: Session, *, customer_id: int, endpoint: str) -> set[int]:
+    """Ids of other customers' rows for this endpoint. One endpoint is one browser: whoever
+    signed in and turned push on last owns it, so a shared device stops getting the previous
+    customer's orders."""
+    return {
+        sub.id  # type: ignore[misc]
+        for sub in session.exec(
+            select(PushSubscription).where(
+                PushSubscription.endpoint_hash == endpoint_hash(endpoint),
+                col(PushSubscription.scope).startswith("customer:"),
+                PushSubscription.scope != f"customer:{customer_id}",
+            )
+        )
+    }
+
+
+def count_in_scope(session: Session, scope: str) -> int:
+    return session.exec(
+        select(sa.func.count()).select_from(PushSubscription).where(PushSubscription.scope == scope)
+    ).one()
 
 
 def find(session: Session, *, scope: str, endpoint: str) -> PushSubscription | None:

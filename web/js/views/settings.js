@@ -149,6 +149,10 @@ export async function render(app) {
 
   const signOut = h('button', { type: 'button', id: 'sign-out', text: t('settings.signOut') });
   signOut.addEventListener('click', async () => {
+    // This device stops hearing about this customer's orders: the next person to use it
+    // must not get them. The browser subscription itself stays for any "Notify me" links.
+    const sub = await currentSubscription().catch(() => null);
+    if (sub) await request('DELETE', '/api/me/push-subscriptions', sub.toJSON()).catch(() => {});
     await request('POST', '/auth/logout').catch(() => {});
     app.go('/sign-in', { reload: true });
   });
