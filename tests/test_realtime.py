@@ -491,3 +491,26 @@ def test_live_updates_on_postgres_skip_the_gap_a_rollback_leaves(
         server.shutdown()
         server.server_close()
         app.extensions["waybill.engine"].dispose()
+
+
+def test_signing_out_everywhere_closes_sockets_already_open(
+    app: Flask,
+    connect: Callable[..., LiveClient],
+    merchant: MerchantActions,
+    auth: AuthActions,
+    client: FlaskClient,
+) -> None:
+    order = merchant.create_order("fay@example.com")
+    csrf = auth.sign_in("fay@example.com")
+    live = connect(cookie=_session_cookie(client))
+    live.hello()
+    tracking = connect(track=_token(order))  # a tracking link is not a sign-in: it stays
+    tracking.hello()
+    hub = app.extensions["waybill.hub"]
+    assert hub.close_signed_out() == 0  # still signed in: nothing happens
+
+    assert client.delete("/api/me/sessions", headers={"X-CSRF-Token": csrf}).status_code == 204
+    assert hub.close_signed_out() == 1  # what the keepalive round does every 25 s
+    merchant.add_shipment(order["id"])
+    assert live.next_frame() == (CLOSED, 4401)
+    assert [m["order"]["status"] for m in tracking.updates(1)] == ["shipped"]

@@ -70,6 +70,7 @@ class Scope:
     customer_id: int | None = None
     order_id: int | None = None
     language: str = "en"
+    session_id: int | None = None  # the sign-in that opened a customer socket
 
 
 # --- frames ---------------------------------------------------------------------------------
@@ -625,9 +626,43 @@ class Hub:
 
     # keepalive
 
+    def close_signed_out(self) -> int:
+        """Close (4401) every socket whose sign-in was revoked or expired since it opened:
+        signing out, or "sign out everywhere", also ends what is already streaming."""
+        from waybill.auth.sessions import IDLE_EXPIRY
+        from waybill.models import AuthSession, utcnow
+
+        with self.lock:
+            watched = {c.scope.session_id for c in self._all() if c.scope.session_id is not None}
+        if not watched:
+            return 0
+        cutoff = utcnow() - IDLE_EXPIRY
+        with Session(self.engine) as session:
+            live = set(
+                session.exec(
+                    select(AuthSession.id).where(
+                        AuthSession.id.in_(watched),  # type: ignore[union-attr]
+                        AuthSession.revoked_at.is_(None),  # type: ignore[union-attr]
+                        AuthSession.last_seen_at > cutoff,
+                    )
+                )
+            )
+        ended = watched - live
+        closed = 0
+        with self.lock:
+            for conn in list(self._all()):
+                if conn.scope.session_id in ended:
+                    conn.close(CLOSE_UNAUTHORIZED, "signed out")
+                    closed += 1
+        return closed
+
     def _ping_loop(self) -> None:
         """One ping per socket every ``ping_interval``; a socket silent for a whole round goes."""
         while not self._stop.wait(self.ping_interval):
+            try:
+                self.close_signed_out()
+            except Exception:
+                log.exception("could not check the sockets' sessions")
             with self.lock:
                 for conn in list(self._all()):
                     if not conn.alive:
@@ -686,9 +721,11 @@ def _authorise() -> tuple[Scope | None, int]:
         if not _same_site():
             return None, CLOSE_UNAUTHORIZED
         customer = sessions.current_customer()
-        if customer is None:
+        auth = sessions.current()
+        if customer is None or auth is None:
             return None, CLOSE_UNAUTHORIZED
-        return Scope(customer_id=customer.id, language=language_of(customer)), 0
+        scope = Scope(customer_id=customer.id, language=language_of(customer), session_id=auth.id)
+        return scope, 0
     finally:
         # the socket may stay open for hours: do not keep a pooled connection for it
         db = g.pop("db", None)
