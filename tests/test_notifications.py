@@ -3,6 +3,7 @@ verifies VAPID and decrypts, and a real SMTP server."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -490,3 +491,28 @@ def test_anonymous_devices_per_order_are_bounded(
     assert refused.status_code == 429
     assert refused.get_json()["error"]["code"] == "too_many_subscriptions"
     assert client.post(path, json=browsers[0].to_json()).status_code == 201  # a known one renews
+
+
+def test_a_slow_mail_relay_never_gets_a_message_twice(
+    app: Flask, merchant: MerchantActions, smtp: SMTPServer
+) -> None:
+    """Ten mails through eight sending threads to a relay taking 2 s each: the last two wait
+    past the batch's 3 s lease, while a second worker comes looking for expired leases."""
+    emails = [f"slow{i}@example.com" for i in range(10)]
+    for email in emails:
+        merchant.add_shipment(merchant.create_order(email)["id"])
+    smtp.inbox.delay = 2.0
+    engine, settings = app.extensions["waybill.engine"], app.config["WAYBILL_SETTINGS"]
+    first = Worker(engine, settings, concurrency=4, lease=timedelta(seconds=3))
+    second = Worker(engine, settings, concurrency=4, lease=timedelta(seconds=3))
+    late = threading.Timer(3.5, second.run_until_idle)  # the first lease has run out by then
+    late.start()
+    try:
+        first.run_until_idle()
+        late.join()
+    finally:
+        first.stop()
+        second.stop()
+    for email in emails:
+        assert len(smtp.wait_for(email)) == 1, email
+    assert len(smtp.messages) == len(emails)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -16,8 +17,11 @@ class _Inbox:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.arrived = threading.Condition()
+        self.delay = 0.0  # seconds each message takes, like a slow relay
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+        if self.delay:
+            await asyncio.sleep(self.delay)
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.arrived:
             self.messages.append(msg)  # type: ignore[arg-type]

@@ -273,13 +273,13 @@ class Worker:
             if order is None:
                 jobs.append(_const(outbox.Outcome(row_id, "dropped", "order gone")))
                 continue
-            _, number, merchant_id, customer_id, token, estimate = order
+            _, number, merchant_id, customer_id, tracking_token, estimate = order
             facts = content.OrderFacts(
                 order_id=order_id,
                 number=number,
                 merchant=merchants.get(merchant_id, ""),
                 status=status,
-                url=f"{self.settings.base_url}/t/{token}",
+                url=f"{self.settings.base_url}/t/{tracking_token}",
                 estimated_delivery=estimate,
             )
             prefs = prefs_for(customer_id)
@@ -307,7 +307,9 @@ class Worker:
                     )
                 )
             elif channel == "email" and prefs is not None:
-                jobs.append(self._email_job(row_id, destination, customer_id, prefs, facts, now))
+                jobs.append(
+                    self._email_job(row_id, token, destination, customer_id, prefs, facts, now)
+                )
             else:
                 jobs.append(_const(outbox.Outcome(row_id, "dropped", "no recipient")))
         return pushes, jobs
@@ -322,6 +324,7 @@ class Worker:
     def _email_job(
         self,
         row_id: int,
+        token: str,
         to: str,
         customer_id: int,
         prefs: preferences.Preferences,
@@ -347,6 +350,19 @@ class Worker:
         )
 
         def send() -> outbox.Outcome:
+            outcome = attempt()
+            # Recorded at once, not with the whole batch: a sent mail must not stay pending
+            # (and claimable once the lease runs out) while the batch's slower mails go out.
+            outbox.record_one(self.engine, outcome, owner=token, now=utcnow())
+            return outcome
+
+        def attempt() -> outbox.Outcome:
+            # Mail waits its turn on the pool, and a slow relay can outlast the batch's lease;
+            # renew it for this row first, and leave the row alone if another worker took it.
+            if not outbox.renew_lease(
+                self.engine, row_id, owner=token, until=utcnow() + self.lease
+            ):
+                return outbox.Outcome(row_id, "retry", "lease lost to another worker")
             try:
                 mail.send(self.settings, message)
             except smtplib.SMTPRecipientsRefused as exc:

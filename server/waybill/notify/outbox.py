@@ -297,6 +297,38 @@ def record(session: Session, *, owner: str, outcomes: Sequence[Outcome], now: da
         forget_subscriptions(session, gone, now=now)
 
 
+def renew_lease(engine: Engine, row_id: int, *, owner: str, until: datetime) -> bool:
+    """Extend ``owner``'s lease on one pending row; False when the row is no longer its own."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(OutboxMessage)
+            .where(
+                col(OutboxMessage.id) == row_id,
+                col(OutboxMessage.lease_owner) == owner,
+                col(OutboxMessage.state) == "pending",
+            )
+            .values(lease_until=until)
+        )
+        return bool(result.rowcount)
+
+
+def record_one(engine: Engine, outcome: Outcome, *, owner: str, now: datetime) -> None:
+    """Store one row's outcome at once (``record`` handles a whole batch)."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        if outcome.result != "sent":
+            record(session, owner=owner, outcomes=[outcome], now=now)
+            return
+        session.exec(  # type: ignore[call-overload]
+            sa.update(OutboxMessage)
+            .where(
+                col(OutboxMessage.id) == outcome.row_id,
+                OutboxMessage.lease_owner == owner,
+                OutboxMessage.state == "pending",
+            )
+            .values(state="sent", done_at=now, lease_until=None)
+        )
+
+
 def forget_subscriptions(session: Session, ids: set[int], *, now: datetime) -> None:
     """Delete subscriptions and drop whatever was still waiting for them."""
     session.exec(  # type: ignore[call-overload]
