@@ -372,6 +372,10 @@ def test_subscription_validation(shopper: Shopper, push: PushService) -> None:
         assert field in r.get_json()["error"]["fields"]  # type: ignore[attr-defined]
     fcm = {**good, "endpoint": "https://fcm.googleapis.com/fcm/send/abc"}
     assert shopper.put("/api/me/push-subscriptions", fcm, method="post").status_code == 201  # type: ignore[attr-defined]
+    for host in ("evil.example%2f.fcm.googleapis.com", "evil.example\\.fcm.googleapis.com"):
+        odd = {**good, "endpoint": f"https://{host}/fcm/send/abc"}
+        r = shopper.put("/api/me/push-subscriptions", odd, method="post")
+        assert r.status_code == 422, host  # type: ignore[attr-defined]
     plain_http = {**good, "endpoint": "http://fcm.googleapis.com/fcm/send/abc"}
     assert shopper.put("/api/me/push-subscriptions", plain_http, method="post").status_code == 422  # type: ignore[attr-defined]
 

@@ -7,6 +7,7 @@ so nobody can make the server POST to an address of their choosing.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -28,6 +29,9 @@ KNOWN_PUSH_HOSTS: tuple[str, ...] = (
 )
 
 
+_HOSTNAME = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]|[0-9a-f:]+")
+
+
 def _host_matches(host: str, suffix: str) -> bool:
     return host == suffix or host.endswith("." + suffix)
 
@@ -44,6 +48,8 @@ def endpoint_error(endpoint: str, extra_hosts: Sequence[str]) -> str | None:
         return "is not a URL"
     if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
         return "must be an https URL of a push service"
+    if not _HOSTNAME.fullmatch(host):  # no NUL, spaces or escapes for a resolver to cut short
+        return "has a host name that is not plain letters, digits, dots and hyphens"
     port = port or (443 if parts.scheme == "https" else 80)
     for pattern in extra_hosts:
         want_host, _, want_port = pattern.rpartition(":")
