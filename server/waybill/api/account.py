@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, make_response, request
+from flask import Blueprint, Response, g, jsonify, make_response
 from pydantic import AwareDatetime, BaseModel
 from sqlmodel import select
 
@@ -35,10 +35,7 @@ class SessionList(BaseModel):
 
 @bp.before_request
 def _signed_in() -> None:
-    if sessions.current() is None:
-        raise ApiError(401, "unauthorized", "sign in first")
-    if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok():
-        raise ApiError(403, "csrf", "send the csrf_token from GET /api/me as X-CSRF-Token")
+    sessions.require_signed_in()
 
 
 @bp.after_app_request

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 from sqlmodel import select
 
 from waybill.api.errors import ApiError, not_found
@@ -21,10 +21,7 @@ MAX_ID = 2**63 - 1
 
 @bp.before_request
 def _signed_in() -> None:
-    if sessions.current() is None:
-        raise ApiError(401, "unauthorized", "sign in first")
-    if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok():
-        raise ApiError(403, "csrf", "send the csrf_token from GET /api/me as X-CSRF-Token")
+    sessions.require_signed_in()
 
 
 def current_customer() -> Customer:

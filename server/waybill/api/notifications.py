@@ -120,14 +120,7 @@ class SubscriptionList(BaseModel):
 
 
 def _customer() -> Customer:
-    if sessions.current() is None:
-        raise ApiError(401, "unauthorized", "sign in first")
-    if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok():
-        raise ApiError(403, "csrf", "send the csrf_token from GET /api/me as X-CSRF-Token")
-    customer = sessions.current_customer()
-    if customer is None:
-        raise ApiError(401, "unauthorized", "sign in first")
-    return customer
+    return sessions.require_signed_in()
 
 
 def _settings() -> Any:

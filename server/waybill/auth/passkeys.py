@@ -113,10 +113,7 @@ def _challenge(key: str) -> bytes:
 
 @account_bp.before_request
 def _signed_in() -> None:
-    if sessions.current() is None:
-        raise ApiError(401, "unauthorized", "sign in first")
-    if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok():
-        raise ApiError(403, "csrf", "send the csrf_token from GET /api/me as X-CSRF-Token")
+    sessions.require_signed_in()
 
 
 def _customer() -> Customer:

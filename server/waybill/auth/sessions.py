@@ -74,6 +74,22 @@ def current_customer() -> Customer | None:
     return get_session().get(Customer, auth.customer_id) if auth else None
 
 
+def require_signed_in() -> Customer:
+    """The signed-in customer: 401 without a session, 403 for a write without the CSRF token.
+
+    Every cookie-authenticated API (``/api/me/…``, passkeys) guards itself with this."""
+    from waybill.api.errors import ApiError
+
+    if current() is None:
+        raise ApiError(401, "unauthorized", "sign in first")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not csrf_ok():
+        raise ApiError(403, "csrf", "send the csrf_token from GET /api/me as X-CSRF-Token")
+    customer = current_customer()
+    if customer is None:
+        raise ApiError(401, "unauthorized", "sign in first")
+    return customer
+
+
 def csrf_ok() -> bool:
     auth = current()
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
