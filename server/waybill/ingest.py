@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from waybill.api.schemas import OrderCreate, OrderEventCreate, ShipmentCreate, ShipmentEventCreate
@@ -232,10 +231,6 @@ def _record_change(session: Session, order: Order, kind: str, before: str | None
     pending.append(
         Published(change.id, order.id, order.customer_id, order.status)  # type: ignore[arg-type]
     )
-
-
-def latest_cursor(session: Session) -> int:
-    return session.exec(select(sa.func.coalesce(sa.func.max(Change.id), 0))).one()
 
 
 def take_published(session: Session) -> list[Published]:

@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from waybill.api.errors import ApiError, not_found
 from waybill.api.spec import operation, parse_body
-from waybill.api.track import order_by_token
+from waybill.api.track import tracked_order
 from waybill.auth import sessions
 from waybill.db import get_session
 from waybill.models import Customer, Order, utcnow
@@ -350,9 +350,7 @@ def remove_subscription_by_id(subscription_id: int) -> Any:
 )
 def add_track_subscription(token: str) -> Any:
     db = get_session()
-    order = order_by_token(db, token)
-    if order is None:
-        raise not_found("order")
+    order = tracked_order(db, token)
     body = parse_body(SubscriptionBody)
     _checked_subscription(body)
     scope = f"order:{order.id}"
@@ -392,9 +390,7 @@ def add_track_subscription(token: str) -> Any:
 )
 def remove_track_subscription(token: str) -> Any:
     db = get_session()
-    order = order_by_token(db, token)
-    if order is None:
-        raise not_found("order")
+    order = tracked_order(db, token)
     body = parse_body(SubscriptionRemoveBody)
     sub = subscriptions.find(db, scope=f"order:{order.id}", endpoint=body.endpoint)
     if sub is not None:

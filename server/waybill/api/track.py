@@ -25,12 +25,18 @@ def order_by_token(session: Session, token: str) -> Order | None:
     return session.exec(select(Order).where(Order.tracking_token_hash == digest(token))).first()
 
 
+def tracked_order(session: Session, token: str) -> Order:
+    """The order a tracking link names, or the API's 404."""
+    order = order_by_token(session, token)
+    if order is None:
+        raise not_found("order")
+    return order
+
+
 @bp.get("/api/track/<token>")
 @operation("One order by its tracking token", responses={200: OrderPublic}, tag="tracking")
 def track(token: str) -> Any:
     db = get_session()
-    order = order_by_token(db, token)
-    if order is None:
-        raise not_found("order")
+    order = tracked_order(db, token)
     rendered = render_order(db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url)
     return jsonify(rendered.model_dump(mode="json"))
