@@ -19,6 +19,7 @@ from werkzeug.serving import make_server
 
 from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, make_merchant
+from tests.utils.pages import wait_until
 from waybill import create_app
 from waybill.auth.models import Passkey
 from waybill.db import session_scope
@@ -217,8 +218,10 @@ def test_register_sign_out_and_sign_in_with_the_passkey_alone(localhost_server, 
 
         page.goto(f"{url}/settings")
         page.locator("#add-passkey").click()
-        page.wait_for_function(
-            "() => document.querySelector('#passkey-status')?.textContent === 'Passkey added.'"
+        wait_until(
+            page,
+            "() => document.querySelector('#passkey-status')?.textContent === 'Passkey added.'",
+            "'Passkey added.'",
         )
         assert page.locator("#passkey-list li[data-passkey-id]").count() == 1
         stored = _passkeys_in_db(app)
@@ -242,13 +245,19 @@ def test_register_sign_out_and_sign_in_with_the_passkey_alone(localhost_server, 
         # Remove it: it no longer signs in.
         page.goto(f"{url}/settings")
         page.locator("#passkey-list li[data-passkey-id] button").click()
-        page.wait_for_function("() => !document.querySelector('#passkey-list li[data-passkey-id]')")
+        wait_until(
+            page,
+            "() => !document.querySelector('#passkey-list li[data-passkey-id]')",
+            "the removed passkey to leave the list",
+        )
         assert _passkeys_in_db(app) == []
         page.locator("#sign-out").click()
         page.wait_for_url(f"{url}/sign-in")
         page.locator("#passkey-sign-in").click()
-        page.wait_for_function(
-            "() => document.querySelector('#passkey-error')?.textContent.length > 0"
+        wait_until(
+            page,
+            "() => document.querySelector('#passkey-error')?.textContent.length > 0",
+            "an error for the removed passkey",
         )
         assert page.evaluate("async () => (await fetch('/api/me')).status") == 401
 

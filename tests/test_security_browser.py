@@ -9,6 +9,7 @@ import pytest
 
 from tests.test_passkeys import in_chromium, localhost_server  # noqa: F401  (fixtures)
 from tests.utils.factories import AuthActions, make_merchant
+from tests.utils.pages import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -56,7 +57,7 @@ def test_html_in_names_is_shown_as_text_and_runs_nothing(localhost_server, in_ch
 
         for path in ("/", f"/orders/{order['id']}", "/settings", f"/t/{token}"):
             page.goto(f"{url}{path}")
-            page.wait_for_function("() => !document.querySelector('main .skeleton')")
+            wait_until(page, "() => !document.querySelector('main .skeleton')", f"{path} to load")
             _no_script_ran(page)
             if path != "/settings":
                 assert "<img src=x" in page.locator("main").inner_text(), path

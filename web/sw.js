@@ -28,6 +28,8 @@ self.addEventListener('activate', (event) => {
 self.addEventListener('message', (event) => {
   const msg = event.data || {};
   if (msg.type === 'skip-waiting') self.skipWaiting();
+  // A page that opened while this worker was still installing missed its claim: take it now.
+  if (msg.type === 'claim') event.waitUntil(self.clients.claim());
   if (msg.type === 'push-target') event.waitUntil(rememberTarget(msg.target));
 });
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import LiveServer, axe_violations, sign_in
+from tests.utils.pages import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -47,18 +48,31 @@ def test_tracking_page_shows_status_timeline_items_and_carrier(
 
 
 def wait_for_offline_copy(page: Any) -> None:
-    """The service worker controls the page and has kept an API answer for offline use.
-
-    Polled inside one evaluate: wait_for_function takes a returned Promise as truthy at once.
-    """
-    page.evaluate(
-        """async () => {
-          const kept = async () => (await (await caches.open('waybill-api')).keys()).length > 0;
-          while (!(navigator.serviceWorker.controller && await kept())) {
-            await new Promise((resolve) => setTimeout(resolve, 50));
-          }
-        }"""
-    )
+    """The service worker controls the page and has kept an API answer for offline use; on
+    giving up, say what the page and its worker were doing."""
+    try:
+        wait_until(
+            page,
+            """async () => navigator.serviceWorker.controller
+                && (await (await caches.open('waybill-api')).keys()).length > 0""",
+            "an offline copy of the page's answer",
+        )
+    except AssertionError as exc:
+        state = page.evaluate(
+            """async () => {
+              const reg = await navigator.serviceWorker.getRegistration();
+              const api = performance.getEntriesByType('resource')
+                .filter((e) => e.name.includes('/api/'));
+              return {
+                controlled: Boolean(navigator.serviceWorker.controller),
+                kept: (await (await caches.open('waybill-api')).keys()).map((r) => r.url),
+                worker: [reg?.installing, reg?.waiting, reg?.active].map((w) => w?.state),
+                loadedThroughWorker: performance.getEntriesByType('navigation')[0].workerStart > 0,
+                api: api.map((e) => [e.name, e.workerStart > 0]),
+              };
+            }"""
+        )
+        raise AssertionError(f"{exc}: {state}") from None
 
 
 def test_status_change_posted_to_the_api_appears_without_reload(
@@ -94,6 +108,32 @@ def test_offline_reload_still_shows_the_last_status(phone: Any, live_server: Liv
         phone.set_offline(False)
 
 
+def test_a_page_the_worker_did_not_load_is_claimed_and_kept_for_offline(
+    phone: Any, live_server: LiveServer
+) -> None:
+    """A page whose own load bypassed an active worker (it began while the first worker was
+    installing, so the worker's claim missed it; or a hard reload) asks to be claimed, then
+    keeps its answer for offline use. Five times over, each from an empty offline copy."""
+    order = live_server.order_in_transit()
+    page = open_tracking(phone, live_server, order)
+    wait_for_offline_copy(page)
+    cdp = phone.new_cdp_session(page)
+    for _ in range(5):
+        page.evaluate("async () => { await caches.delete('waybill-api'); }")
+        with page.expect_navigation(wait_until="load"):
+            cdp.send("Page.reload", {"ignoreCache": True})  # shift-reload skips the worker
+        assert page.evaluate("() => performance.getEntriesByType('navigation')[0].workerStart") == 0
+        page.get_by_role("heading", name="On the way").wait_for()
+        wait_for_offline_copy(page)
+    phone.set_offline(True)
+    try:
+        page.reload()
+        page.get_by_role("heading", name="On the way").wait_for()
+        assert "Offline · updated" in page.locator(".freshness").inner_text()
+    finally:
+        phone.set_offline(False)
+
+
 def test_chromium_finds_the_app_installable(
     playwright_instance: Any, live_server: LiveServer, tmp_path: Any
 ) -> None:
@@ -109,7 +149,7 @@ def test_chromium_finds_the_app_installable(
     try:
         page = context.pages[0] if context.pages else context.new_page()
         page.goto(f"{live_server.url}/t/{live_server.token_of(order)}")
-        page.wait_for_function("() => Boolean(navigator.serviceWorker.controller)")
+        wait_until(page, "() => navigator.serviceWorker.controller", "a worker in control")
         cdp = context.new_cdp_session(page)
         manifest = cdp.send("Page.getAppManifest")
         assert manifest.get("errors") == []

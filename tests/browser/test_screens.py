@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.browser.conftest import LiveServer, sign_in
 from tests.browser.test_pwa import open_tracking, wait_for_offline_copy
+from tests.utils.pages import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -132,11 +133,13 @@ def test_a_new_version_waits_until_the_customer_reloads(
         gzipped={},
     )
     try:
-        page.evaluate("async () => (await navigator.serviceWorker.getRegistration()).update()")
-        page.get_by_role("button", name="Reload to update").click()
-        page.wait_for_function(
-            "() => document.getElementById('main').dataset.version === '0123456789ab'"
+        wait_until(
+            page,
+            "async () => (await navigator.serviceWorker.getRegistration()).update().then(() => 1)",
+            "the worker to check for a new version",
         )
+        page.get_by_role("button", name="Reload to update").click()
+        page.locator('#main[data-version="0123456789ab"]').wait_for(state="attached")
         page.get_by_role("heading", name="On the way").wait_for()
         caches = page.evaluate("async () => (await caches.keys()).sort()")
         assert caches == ["waybill-api", "waybill-shell-0123456789ab"]  # the old shell is gone
@@ -208,6 +211,7 @@ def test_service_worker_shows_pushed_messages_json_or_text(
         if registrations:
             break
         page.wait_for_timeout(50)
+    assert registrations, "CDP reported no service worker registration within 5 s"
     registration_id = registrations[0]["registrationId"]
 
     def push(data: str) -> None:
@@ -222,23 +226,20 @@ def test_service_worker_shows_pushed_messages_json_or_text(
         (up to three times) rather than wait forever."""
         for _ in range(3):
             push(data)
-            found = page.evaluate(
-                """async ([count, ms]) => {
-                  const reg = await navigator.serviceWorker.ready;
-                  const end = Date.now() + ms;
-                  while (Date.now() < end) {
-                    const list = await reg.getNotifications();
-                    if (list.length >= count) {
-                      return list.map((n) => [n.title, n.body, n.tag, n.data]);
-                    }
-                    await new Promise((resolve) => setTimeout(resolve, 50));
-                  }
-                  return null;
-                }""",
-                [count, 5000],
-            )
-            if found is not None:
-                return found  # type: ignore[no-any-return]
+            try:
+                return wait_until(  # type: ignore[no-any-return]
+                    page,
+                    """async (count) => {
+                      const list = await (await navigator.serviceWorker.ready).getNotifications();
+                      const shown = list.map((n) => [n.title, n.body, n.tag, n.data]);
+                      return list.length >= count && shown;
+                    }""",
+                    f"{count} notification(s)",
+                    count,
+                    timeout_ms=5000,
+                )
+            except AssertionError:
+                continue
         raise AssertionError(f"the service worker showed no notification for {data!r}")
 
     url = f"{live_server.url}/t/{live_server.token_of(order)}"

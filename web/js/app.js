@@ -142,6 +142,12 @@ export class App {
       this.refresh?.();
     };
     keepForOffline();
+    // clients.claim() takes only the pages already running when the first worker activates:
+    // one whose load began during the install stays uncontrolled, and would keep nothing for
+    // offline use. Such a page asks the active worker to claim it.
+    navigator.serviceWorker.ready.then((reg) => {
+      if (!navigator.serviceWorker.controller) reg.active?.postMessage({ type: 'claim' });
+    }).catch(() => {});
     let reloading = false;
     navigator.serviceWorker.addEventListener('controllerchange', () => {
       if (!hadController) { hadController = true; keepForOffline(); return; }
