@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
+WRITE_WAIT = 30.0  # seconds a writer waits for this process's other writer before giving up
+_write_locks: dict[str, threading.RLock] = {}
+_write_locks_guard = threading.Lock()
+
+
 def create_engine(settings: Settings) -> Engine:
     url = settings.database_url
     if settings.is_sqlite:
@@ -28,25 +35,92 @@ def create_engine(settings: Settings) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30, "factory": SQLiteConnection},
+            pool_size=20,
         )
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        lock = write_lock(path)
+        sa.event.listen(engine, "connect", lambda conn, _: _sqlite_pragmas(conn, lock))
         sa.event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     return engine
 
 
+def write_lock(path: str) -> threading.RLock:
+    """The lock every SQLite writer of this process takes before ``BEGIN IMMEDIATE``.
+
+    Made after gevent's monkey-patching (engines are built in each worker), it is a gevent
+    lock there: a writer waiting for another one yields to the loop, and the holder runs on to
+    its commit. Without it the wait is SQLite's busy handler, a C call that never yields: the
+    holder, another greenlet, could never finish, and the whole worker stood still."""
+    key = str(Path(path).resolve()) if path and path != ":memory:" else path
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.RLock())
+
+
+class SQLiteConnection(sqlite3.Connection):
+    """A DB-API connection that holds its process's write lock from ``BEGIN IMMEDIATE`` until
+    its commit or rollback has finished."""
+
+    write_lock: threading.RLock | None = None
+    holds_write_lock = False
+
+    def acquire_write(self) -> None:
+        if self.write_lock is None or self.holds_write_lock:
+            return
+        if not self.write_lock.acquire(timeout=WRITE_WAIT):
+            raise sqlite3.OperationalError(
+                f"database is locked: another writer of this process held it for {WRITE_WAIT:g} s"
+            )
+        self.holds_write_lock = True
+
+    def release_write(self) -> None:
+        if self.holds_write_lock and self.write_lock is not None:
+            self.holds_write_lock = False
+            self.write_lock.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.release_write()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.release_write()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.release_write()
+
+
 def _sqlite_begin(conn: sa.Connection) -> None:
     """Writers take the lock up front (BEGIN IMMEDIATE), so a read never has to upgrade to a
     write mid-transaction and fail with SQLITE_BUSY; readers begin deferred and run alongside
-    writers in WAL mode."""
+    writers in WAL mode. Before a write begins, this process's other writers are waited for
+    cooperatively (see :func:`write_lock`): SQLite's own busy wait is left for writers of other
+    processes (``waybill worker``, the CLI), whose transactions are short."""
     mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    dbapi = conn.connection.dbapi_connection
+    writes = mode == "IMMEDIATE" and isinstance(dbapi, SQLiteConnection)
+    if writes:
+        dbapi.acquire_write()
+    try:
+        conn.exec_driver_sql(f"BEGIN {mode}")
+    except BaseException:
+        if writes:
+            dbapi.release_write()
+        raise
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn, lock) -> None:  # type: ignore[no-untyped-def]
     dbapi_conn.isolation_level = None  # let the "begin" listener issue BEGIN
+    dbapi_conn.write_lock = lock
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")

@@ -57,6 +57,7 @@ CLOSE_TOO_BIG = 1009
 
 PING_FRAME = b"\x89\x00"
 MAX_INCOMING = 4096  # a resume message is ~40 bytes
+DISPATCH_CHUNK = 200  # changes per dispatcher turn; the loop runs others between turns
 
 
 bp = Blueprint("realtime", __name__)
@@ -320,17 +321,9 @@ class Hub:
         self.kill_later(conns, grace)
 
     def _on_message(self, _message: Message) -> None:
-        """Dispatch at once, in the publisher's own greenlet (the committing request with the
-        memory broker, the subscriber with Redis): the frame leaves before the API answers,
-        instead of queueing behind every busy request for the dispatcher's turn."""
-        if not self._started or self._stop.is_set():
-            return
-        try:
-            while self._dispatch_once():
-                pass
-        except Exception:
-            log.exception("live update dispatch failed; the dispatcher will retry")
-            self._wake.set()
+        """Wake the dispatcher. The work is its own: never in the committing request (it would
+        answer only after every socket's frame was rendered) nor in the broker's subscriber."""
+        self._wake.set()
 
     def _all(self) -> Iterable[Connection]:
         for conns in self.by_customer.values():
@@ -523,62 +516,93 @@ class Hub:
             self._keep_gc_cheap()
             try:
                 while self._dispatch_once():
-                    pass
+                    time.sleep(0)  # a long backlog: let requests and sockets run between chunks
             except Exception:
                 log.exception("live update dispatch failed; retrying")
                 self._stop.wait(0.5)
 
-    def _dispatch_once(self, limit: int = 1000) -> bool:
-        """Hand the next committed changes to the sockets; True when there may be more."""
-        with self.lock:
-            with Session(self.engine) as session:
-                rows = session.exec(
-                    select(Change.id, Change.order_id, Change.customer_id)
-                    .where(Change.id > self.hwm)
-                    .order_by(Change.id)  # type: ignore[arg-type]
-                    .limit(limit)
-                ).all()
-                rows = self._without_gaps(list(rows))
-                if not rows:
-                    return False
-                owner = {order_id: customer_id for _, order_id, customer_id in rows}
-                bodies = self._render_batch(session, owner)
-            # one frame per change, in change order; an order changed twice in one batch is
-            # rendered once and both frames carry its current state
-            for change_id, order_id, customer_id in rows:
-                frames: dict[str, bytes] = {}
-                for conn in list(self.by_customer.get(customer_id, ())):
-                    lang = conn.scope.language
-                    if lang not in frames and (order_id, lang) in bodies:
-                        frames[lang] = _updated(change_id, bodies[(order_id, lang)])
-                    if lang in frames:
-                        conn.deliver(change_id, frames[lang])
-                track = self.by_order.get(order_id)
-                if track and (order_id, "en") in bodies:
-                    frame = frames.get("en") or _updated(change_id, bodies[(order_id, "en")])
-                    for conn in list(track):
-                        conn.deliver(change_id, frame)
-            self.hwm = rows[-1][0]
-            return len(rows) == limit
+    def _dispatch_once(self, limit: int = DISPATCH_CHUNK) -> bool:
+        """Hand the next committed changes to the sockets; True when there may be more.
 
-    def _render_batch(
-        self, session: Session, owner: dict[int, int]
-    ) -> dict[tuple[int, str], bytes]:
-        """Render each changed order that a socket here may see, once per language needed."""
+        Only the dispatcher runs this. The change log is read and the orders are rendered
+        outside the registry lock (sockets open, close and resume meanwhile); the lock is held
+        only to see which languages are wanted and to queue the frames."""
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(Change.id, Change.order_id, Change.customer_id)
+                .where(Change.id > self.hwm)
+                .order_by(Change.id)  # type: ignore[arg-type]
+                .limit(limit)
+            ).all()
+        rows = self._without_gaps(list(rows))
+        if not rows:
+            return False
+        owner = {order_id: customer_id for _, order_id, customer_id in rows}
+        with self.lock:
+            wanted = self._wanted(owner)
+        bodies = self._render_wanted(wanted)
+        # A socket that opened while the orders were rendered may want another language:
+        # render what is missing and look again (bounded: a second pass rarely finds any).
+        for attempt in range(3):
+            with self.lock:
+                missing = self._deliver(rows, bodies, final=attempt == 2)
+                if not missing:
+                    self.hwm = rows[-1][0]
+                    break
+            bodies.update(self._render_wanted(missing))
+        return len(rows) == limit
+
+    def _wanted(self, owner: dict[int, int]) -> dict[str, set[int]]:
+        """Which changed orders a socket here may see, by the language it reads them in."""
         wanted: dict[str, set[int]] = {}
-        for order_id in owner:
-            for conn in self.by_customer.get(owner[order_id], ()):
+        for order_id, customer_id in owner.items():
+            for conn in self.by_customer.get(customer_id, ()):
                 wanted.setdefault(conn.scope.language, set()).add(order_id)
             if order_id in self.by_order:
                 wanted.setdefault("en", set()).add(order_id)
+        return wanted
+
+    def _deliver(
+        self, rows: list[Any], bodies: dict[tuple[int, str], bytes], *, final: bool
+    ) -> dict[str, set[int]]:
+        """Queue one frame per change, in change order (an order changed twice in one chunk
+        was rendered once, and both frames carry its current state). Unless ``final``, nothing
+        goes out while any wanted body is missing: the missing ones are returned instead."""
+        missing: dict[str, set[int]] = {}
+        for _change_id, order_id, customer_id in rows:
+            for conn in self.by_customer.get(customer_id, ()):
+                if (order_id, conn.scope.language) not in bodies:
+                    missing.setdefault(conn.scope.language, set()).add(order_id)
+            if order_id in self.by_order and (order_id, "en") not in bodies:
+                missing.setdefault("en", set()).add(order_id)
+        if missing and not final:
+            return missing
+        for change_id, order_id, customer_id in rows:
+            frames: dict[str, bytes] = {}
+            for conn in list(self.by_customer.get(customer_id, ())):
+                lang = conn.scope.language
+                if lang not in frames and (order_id, lang) in bodies:
+                    frames[lang] = _updated(change_id, bodies[(order_id, lang)])
+                if lang in frames:
+                    conn.deliver(change_id, frames[lang])
+            track = self.by_order.get(order_id)
+            if track and (order_id, "en") in bodies:
+                frame = frames.get("en") or _updated(change_id, bodies[(order_id, "en")])
+                for conn in list(track):
+                    conn.deliver(change_id, frame)
+        return {}
+
+    def _render_wanted(self, wanted: dict[str, set[int]]) -> dict[tuple[int, str], bytes]:
+        """Render each wanted order once per language (no lock held: this is the CPU work)."""
         ids = set().union(*wanted.values()) if wanted else set()
         if not ids:
             return {}
-        orders = {o.id: o for o in session.exec(select(Order).where(Order.id.in_(ids)))}  # type: ignore[attr-defined]
-        bodies: dict[tuple[int, str], bytes] = {}
-        for lang, group in wanted.items():
-            rendered = self._render(session, [orders[i] for i in group if i in orders], lang)
-            bodies.update(((order_id, lang), body) for order_id, body in rendered.items())
+        with Session(self.engine) as session:
+            orders = {o.id: o for o in session.exec(select(Order).where(Order.id.in_(ids)))}  # type: ignore[attr-defined]
+            bodies: dict[tuple[int, str], bytes] = {}
+            for lang, group in wanted.items():
+                rendered = self._render(session, [orders[i] for i in group if i in orders], lang)
+                bodies.update(((order_id, lang), body) for order_id, body in rendered.items())
         return bodies
 
     def _without_gaps(self, rows: list[Any]) -> list[Any]:
