@@ -26,10 +26,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=1024 * 1024,
         TESTING=settings.testing,
     )
-    if not app.logger.handlers or settings.testing:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    # Waybill's own INFO lines (mail written to the log, the watchdog's figures) reach the
+    # server's output; a process that configured logging itself keeps its set-up.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

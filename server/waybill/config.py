@@ -36,6 +36,7 @@ class Settings:
     run_worker: bool = True
     outbox_lease_seconds: int = 120  # a dead worker's claimed notifications wait this long
     proxy_hops: int = 0  # reverse proxies in front that set X-Forwarded-For/-Proto
+    blocked_loop_warn_ms: int = 500  # a worker's event loop blocked this long is logged
     rate_limits: tuple[tuple[str, str], ...] = ()  # overrides, see waybill.security
     testing: bool = False
     extra: dict[str, object] = field(default_factory=dict)
@@ -76,6 +77,9 @@ class Settings:
                 "WAYBILL_OUTBOX_LEASE_SECONDS", env.get("WAYBILL_OUTBOX_LEASE_SECONDS", "120")
             ),
             "proxy_hops": _whole_number("WAYBILL_PROXY_HOPS", env.get("WAYBILL_PROXY_HOPS", "0")),
+            "blocked_loop_warn_ms": _whole_number(
+                "WAYBILL_BLOCKED_LOOP_WARN_MS", env.get("WAYBILL_BLOCKED_LOOP_WARN_MS", "500")
+            ),
             "rate_limits": tuple(
                 tuple(part.strip() for part in item.split("=", 1))  # type: ignore[misc]
                 for item in env.get("WAYBILL_RATE_LIMITS", "").split(",")

@@ -16,6 +16,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
 from waybill.config import ConfigError, Settings
+from waybill.watchdog import LoopWatch
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,19 @@ def raise_open_files_limit() -> int:
 
 
 class WebSocketWorker(GeventWorker):
-    """gunicorn's gevent worker that says goodbye to its sockets on SIGTERM."""
+    """gunicorn's gevent worker that says goodbye to its sockets on SIGTERM, and watches its
+    event loop for anything that blocks it (:mod:`waybill.watchdog`)."""
+
+    watch: LoopWatch | None = None
+
+    def run(self) -> None:
+        settings = getattr(self.wsgi, "config", {}).get("WAYBILL_SETTINGS")
+        warn_ms = settings.blocked_loop_warn_ms if settings is not None else 500
+        self.watch = LoopWatch(warn_after=warn_ms / 1000).start()
+        try:
+            super().run()
+        finally:
+            log.info("worker %s: %s", os.getpid(), self.watch.summary())
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)  # stop accepting; wait for open requests to end
