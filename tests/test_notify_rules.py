@@ -175,9 +175,9 @@ def test_https_push_service_over_kept_alive_connections(tmp_path) -> None:  # ty
         push.stop()
 
 
-def test_single_send_through_pywebpush_and_a_shared_requests_session() -> None:
+def test_a_message_carries_its_headers_and_a_410_forgets_the_subscription() -> None:
     from tests.utils.push_service import PushService
-    from waybill.notify.webpush import Subscription
+    from waybill.notify.webpush import Outgoing, Subscription
 
     push = PushService().start()
     keys = VapidKeys(ec.generate_private_key(ec.SECP256R1()))
@@ -186,12 +186,15 @@ def test_single_send_through_pywebpush_and_a_shared_requests_session() -> None:
     try:
         browser = push.subscribe()
         sub = Subscription(browser.endpoint, **browser.to_json()["keys"])
-        result = sender.send(sub, b'{"title": "one"}', ttl=60, urgency="high", topic="order-9")
+        [result] = sender.send_many([Outgoing(sub, b'{"title": "one"}', 60, "high", "order-9")])
         assert result.outcome == "sent" and push.errors == []
         [delivery] = push.delivered_to(browser)
-        assert delivery.payload == {"title": "one"} and delivery.headers["topic"] == "order-9"
+        assert delivery.payload == {"title": "one"}
+        assert (delivery.headers["topic"], delivery.headers["urgency"]) == ("order-9", "high")
+        assert delivery.headers["ttl"] == "60"
         push.for_subscription(browser, 410)
-        assert sender.send(sub, b"{}", ttl=60, urgency="normal", topic="t").outcome == "gone"
+        [gone] = sender.send_many([Outgoing(sub, b"{}", 60, "normal", "t")])
+        assert gone.outcome == "gone"
     finally:
         sender.close()
         push.stop()

@@ -8,6 +8,8 @@ from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from waybill.api.schemas import ONE_LINE
+
 
 class ApiError(Exception):
     def __init__(
@@ -42,7 +44,13 @@ def validation_fields(exc: ValidationError) -> dict[str, str]:
     fields: dict[str, str] = {}
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "body"
-        fields.setdefault(path, err["msg"])
+        msg = err["msg"]
+        if (
+            err["type"] == "string_pattern_mismatch"
+            and (err.get("ctx") or {}).get("pattern") == ONE_LINE
+        ):
+            msg = "must be one line of text, without line breaks or control characters"
+        fields.setdefault(path, msg)
     return fields
 
 

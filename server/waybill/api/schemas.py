@@ -19,8 +19,15 @@ from pydantic import (
 from waybill.tracking.statuses import ALL_STATUSES
 
 StatusName = Literal[tuple(s.value for s in ALL_STATUSES)]  # type: ignore[valid-type]
-Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Text100 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+#: One line of text: no control characters, line breaks or line/paragraph separators, so that
+#: no value (an order number in a mail's subject, say) can break a line where it is shown.
+ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+Text200 = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=ONE_LINE)
+]
+Text100 = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=ONE_LINE)
+]
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
 
 

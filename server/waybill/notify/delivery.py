@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -35,6 +36,7 @@ from waybill.notify.webpush import (
     PushSender,
     Subscription,
     b64url,
+    describe_error,
     load_vapid,
     topic_for,
     ttl_for,
@@ -151,11 +153,15 @@ class Worker:
         )
 
     def _finish(self, batch: _Batch) -> None:
-        results = batch.pushes.result()
+        try:
+            results = batch.pushes.result()
+        except Exception as exc:  # the transport itself failed: each message counts a try
+            log.exception("push batch failed")
+            results = [PushResult("retry", None, None, describe_error(exc))] * len(batch.rows)
         outcomes = [
             self._push_outcome(row_id, r) for row_id, r in zip(batch.rows, results, strict=True)
         ]
-        outcomes += [f.result() for f in batch.others]
+        outcomes += [_outcome_of(f) for f in batch.others]
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             outbox.record(
                 session, owner=batch.token, outcomes=outcomes, now=max(batch.now, utcnow())
@@ -259,20 +265,52 @@ class Worker:
 
         jobs: list[Callable[[], outbox.Outcome]] = []
         pushes: list[tuple[int, Outgoing]] = []
+        prepare_one = self._prepare_row(orders, merchants, subs, prefs_for, token, now)
         # Two statuses of one order for one destination in a batch would race each other to
         # the phone: only the newest goes.
         newest: dict[tuple[int, str], int] = {}
         for row in rows:
             key = (row[1], row[2])
             newest[key] = max(newest.get(key, 0), row[3])
-        for row_id, order_id, destination, change_id, channel, sub_id, status in rows:
-            if change_id < newest[(order_id, destination)]:
-                jobs.append(_const(outbox.Outcome(row_id, "superseded", "a newer status")))
+        for row in rows:
+            if row[3] < newest[(row[1], row[2])]:
+                jobs.append(_const(outbox.Outcome(row[0], "superseded", "a newer status")))
                 continue
+            try:
+                job = prepare_one(*row)
+            except Exception as exc:  # one row that cannot be built fails alone
+                log.exception("outbox row %s could not be prepared", row[0])
+                jobs.append(_const(outbox.Outcome(row[0], "retry", describe_error(exc))))
+                continue
+            if isinstance(job, Outgoing):
+                pushes.append((row[0], job))
+            else:
+                jobs.append(job)
+        return pushes, jobs
+
+    # (continued from _prepare: what one row becomes)
+
+    def _prepare_row(
+        self,
+        orders: dict[int, Any],
+        merchants: dict[int, Any],
+        subs: dict[int, Any],
+        prefs_for: Callable[[int], preferences.Preferences | None],
+        token: str,
+        now: datetime,
+    ) -> Callable[..., Outgoing | Callable[[], outbox.Outcome]]:
+        def prepare_one(
+            row_id: int,
+            order_id: int,
+            destination: str,
+            change_id: int,
+            channel: str,
+            sub_id: int | None,
+            status: str,
+        ) -> Outgoing | Callable[[], outbox.Outcome]:
             order = orders.get(order_id)
             if order is None:
-                jobs.append(_const(outbox.Outcome(row_id, "dropped", "order gone")))
-                continue
+                return _const(outbox.Outcome(row_id, "dropped", "order gone"))
             _, number, merchant_id, customer_id, tracking_token, estimate = order
             facts = content.OrderFacts(
                 order_id=order_id,
@@ -286,33 +324,25 @@ class Worker:
             if channel == "push":
                 sub = subs.get(sub_id) if sub_id else None
                 if sub is None:
-                    jobs.append(_const(outbox.Outcome(row_id, "dropped", "subscription gone")))
-                    continue
+                    return _const(outbox.Outcome(row_id, "dropped", "subscription gone"))
                 _, sub_customer, endpoint, p256dh, auth, sub_language = sub
                 if sub_customer is not None and prefs is not None:
                     language, zone = prefs.language, prefs.timezone
                 else:
                     language, zone = sub_language, "UTC"
                 msg = content.message(facts, language=language, now=now, timezone=zone)
-                pushes.append(
-                    (
-                        row_id,
-                        Outgoing(
-                            Subscription(endpoint, p256dh, auth),
-                            content.push_payload(facts, msg),
-                            ttl_for(status),
-                            urgency_for(status),
-                            topic_for(order_id),
-                        ),
-                    )
+                return Outgoing(
+                    Subscription(endpoint, p256dh, auth),
+                    content.push_payload(facts, msg),
+                    ttl_for(status),
+                    urgency_for(status),
+                    topic_for(order_id),
                 )
-            elif channel == "email" and prefs is not None:
-                jobs.append(
-                    self._email_job(row_id, token, destination, customer_id, prefs, facts, now)
-                )
-            else:
-                jobs.append(_const(outbox.Outcome(row_id, "dropped", "no recipient")))
-        return pushes, jobs
+            if channel == "email" and prefs is not None:
+                return self._email_job(row_id, token, destination, customer_id, prefs, facts, now)
+            return _const(outbox.Outcome(row_id, "dropped", "no recipient"))
+
+        return prepare_one
 
     @staticmethod
     def _push_outcome(row_id: int, result: PushResult) -> outbox.Outcome:
@@ -350,10 +380,17 @@ class Worker:
         )
 
         def send() -> outbox.Outcome:
-            outcome = attempt()
+            try:
+                outcome = attempt()
+            except Exception as exc:  # this mail fails alone, and counts a try
+                log.exception("outbox row %s: mail failed", row_id)
+                outcome = outbox.Outcome(row_id, "retry", describe_error(exc))
             # Recorded at once, not with the whole batch: a sent mail must not stay pending
             # (and claimable once the lease runs out) while the batch's slower mails go out.
-            outbox.record_one(self.engine, outcome, owner=token, now=utcnow())
+            try:
+                outbox.record_one(self.engine, outcome, owner=token, now=utcnow())
+            except Exception:  # the batch's own record takes it instead
+                log.exception("outbox row %s: could not record the outcome", row_id)
             return outcome
 
         def attempt() -> outbox.Outcome:
@@ -378,3 +415,13 @@ class Worker:
 
 def _const(outcome: outbox.Outcome) -> Callable[[], outbox.Outcome]:
     return lambda: outcome
+
+
+def _outcome_of(job: Future[outbox.Outcome]) -> outbox.Outcome:
+    """A job's outcome; a job that raised anyway is a retry of a row we no longer know: the
+    lease expires and the row is claimed again, alone."""
+    try:
+        return job.result()
+    except Exception:
+        log.exception("outbox job failed")
+        return outbox.Outcome(-1, "retry", "job failed")

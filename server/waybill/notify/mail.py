@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -12,6 +13,15 @@ from urllib.parse import unquote, urlsplit
 from waybill.config import Settings
 
 log = logging.getLogger("waybill.mail")
+
+
+_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """A header value on one line: line breaks and control characters become one space (a
+    value stored before input was checked must neither inject a header nor stop the mail)."""
+    return _BREAKS.sub(" ", text).strip()
 
 
 def build_message(
@@ -26,10 +36,10 @@ def build_message(
     msg = EmailMessage()
     msg["From"] = settings.mail_from
     msg["To"] = to
-    msg["Subject"] = subject
+    msg["Subject"] = one_line(subject)
     msg["Message-ID"] = make_msgid(domain="waybill")
     for name, value in (headers or {}).items():
-        msg[name] = value
+        msg[name] = one_line(value)
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")

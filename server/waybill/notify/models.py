@@ -55,7 +55,8 @@ class OutboxMessage(SQLModel, table=True):
     destination: str = Field(max_length=320)  # "sub:<id>" or the email address
     subscription_id: int | None = Field(default=None, index=True)  # no FK: rows outlive it
     status: str = Field(max_length=32)  # the order status this tells about
-    state: str = Field(default="pending", max_length=12)  # pending sent superseded dropped failed
+    # pending | sent | superseded | dropped | failed | dead (every attempt failed)
+    state: str = Field(default="pending", max_length=12)
     attempts: int = 0
     due_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     deadline: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ EMAIL_DEADLINE = timedelta(hours=24)
 ANONYMOUS_KEEP = timedelta(days=30)
 BACKOFF_BASE = 2.0  # seconds
 BACKOFF_CAP = 15 * 60.0
+MAX_ATTEMPTS = 8  # then the row is dead-lettered (state "dead", with its last error)
+
+log = logging.getLogger("waybill.notify")
 
 
 def customer_preferences(customer: Customer) -> preferences.Preferences:
@@ -119,14 +123,15 @@ def _row(
 
 
 def _supersede_older(session: Session, row: OutboxMessage, now: datetime) -> None:
-    """An older notification still waiting (quiet hours, backoff) is replaced by this one."""
+    """An older notification of the order to the same destination that has not gone out yet
+    (due, held for quiet hours, or backing off) is replaced by this one. One in flight is left
+    to finish: ``claim`` holds this one back until it has."""
     session.exec(  # type: ignore[call-overload]
         sa.update(OutboxMessage)
         .where(
             col(OutboxMessage.order_id) == row.order_id,
             col(OutboxMessage.destination) == row.destination,
             col(OutboxMessage.state) == "pending",
-            col(OutboxMessage.due_at) > now,
             sa.or_(col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now),
         )
         .values(state="superseded", done_at=now)
@@ -173,9 +178,22 @@ def reevaluate(session: Session, customer: Customer, *, now: datetime | None = N
 
 def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timedelta) -> list[int]:
     """Lease up to ``limit`` due rows to ``owner`` (a token per batch); returns their ids.
+    A row waits while an older row of its order and destination is in flight.
 
     One statement: ``UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED])
     RETURNING id``; the batch is then read back by its owner token, without id lists."""
+    older = sa.orm.aliased(OutboxMessage)
+    in_flight = (
+        sa.exists()
+        .where(
+            older.order_id == OutboxMessage.order_id,
+            older.destination == OutboxMessage.destination,
+            older.id < OutboxMessage.id,  # type: ignore[operator]
+            older.state == "pending",
+            older.lease_until >= now,  # type: ignore[operator]
+        )
+        .correlate(OutboxMessage)
+    )
     due = (
         select(OutboxMessage.id)
         .where(
@@ -185,6 +203,9 @@ def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timed
                 col(OutboxMessage.lease_until).is_(None),
                 col(OutboxMessage.lease_until) < now,
             ),
+            # One order, one destination, one message at a time: the phone shows the last
+            # one that arrives, so a newer status never overtakes an older one in flight.
+            ~in_flight,
         )
         .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
         .limit(limit)
@@ -274,8 +295,17 @@ def record(session: Session, *, owner: str, outcomes: Sequence[Outcome], now: da
         elif outcome.result == "retry":
             row.attempts += 1
             due = now + timedelta(seconds=backoff(row.attempts, outcome.retry_after))
-            if due > row.deadline:
-                row.state, row.done_at = "failed", now
+            if _has_newer(session, row):
+                row.state, row.done_at = "superseded", now  # the newer one goes instead
+            elif row.attempts >= MAX_ATTEMPTS or due > row.deadline:
+                row.state, row.done_at = "dead", now  # kept, with its error, for the operator
+                log.warning(
+                    "outbox row %s (%s) dead after %d attempts: %s",
+                    row.id,
+                    row.channel,
+                    row.attempts,
+                    row.last_error,
+                )
             else:
                 row.due_at = due
         elif outcome.result == "gone":
@@ -295,6 +325,32 @@ def record(session: Session, *, owner: str, outcomes: Sequence[Outcome], now: da
         )
     if gone:
         forget_subscriptions(session, gone, now=now)
+
+
+def _has_newer(session: Session, row: OutboxMessage) -> bool:
+    newer = session.exec(
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.order_id == row.order_id,
+            OutboxMessage.destination == row.destination,
+            col(OutboxMessage.id) > row.id,
+            OutboxMessage.state == "pending",
+        )
+        .limit(1)
+    ).first()
+    return newer is not None
+
+
+def dead_letters(session: Session, *, limit: int = 100) -> list[OutboxMessage]:
+    """Rows that failed every attempt, newest first: what the operator looks at."""
+    return list(
+        session.exec(
+            select(OutboxMessage)
+            .where(OutboxMessage.state == "dead")
+            .order_by(col(OutboxMessage.done_at).desc())
+            .limit(limit)
+        )
+    )
 
 
 def renew_lease(engine: Engine, row_id: int, *, owner: str, until: datetime) -> bool:

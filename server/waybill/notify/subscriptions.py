@@ -29,6 +29,7 @@ KNOWN_PUSH_HOSTS: tuple[str, ...] = (
 )
 
 
+_URL_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 _HOSTNAME = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]|[0-9a-f:]+")
 
 
@@ -40,6 +41,10 @@ def endpoint_error(endpoint: str, extra_hosts: Sequence[str]) -> str | None:
     """Why ``endpoint`` is not acceptable, or None when it is."""
     if len(endpoint) > 2048:
         return "is longer than 2048 characters"
+    # Checked on the exact string that is stored and sent: urlsplit would quietly strip a
+    # leading space or control character, and the sender would then cut a wrong audience.
+    if not _URL_CHARACTERS.fullmatch(endpoint):
+        return "must be a URL of printable ASCII, without spaces or control characters"
     try:
         parts = urlsplit(endpoint)
         host = (parts.hostname or "").lower()

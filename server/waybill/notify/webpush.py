@@ -2,12 +2,14 @@
 
 pywebpush signs a new JWT on every call, rewrites the claims dict it is given and has no
 timeout of its own; so the sender signs one VAPID header per push-service origin and reuses it
-until an hour before it expires, and always sets a timeout. Two ways out:
+until an hour before it expires, encrypts with the same ``http_ece`` call pywebpush makes
+(RFC 8291, aes128gcm), and sends over aiohttp: one event loop thread with hundreds of requests
+in flight on pooled keep-alive connections. One send path, the one the outbox worker uses.
 
-* ``send``: one message through ``pywebpush.WebPusher`` and one shared ``requests.Session``;
-* ``send_many``: what the outbox worker uses: a batch with hundreds of requests in flight on
-  one event loop over kept-alive connections, because requests costs ~0.8 ms of CPU a message
-  (bench/push.py) and a thread per request in flight does not scale to slow push services.
+What aiohttp gives here, rather than a client of ours: idle connections expire
+(``KEEPALIVE``) before a NAT can drop them silently; a POST is never sent twice by the client
+(it retries only idempotent methods); any reply framing (bodies, chunked, ``Connection:
+close``, HTTP/1.0); ``HTTPS_PROXY``/``HTTP_PROXY`` from the environment; one timeout per request.
 """
 
 from __future__ import annotations
@@ -24,15 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
+import aiohttp
 import http_ece
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
-from pywebpush import WebPusher
-from requests.adapters import HTTPAdapter
 
 from waybill.config import ConfigError, Settings
 
@@ -45,7 +44,8 @@ HIGH_URGENCY = frozenset({"out_for_delivery", "delivered", "attempted", "excepti
 #: How long a push service keeps a message for an offline phone, per status (seconds).
 TTL_BY_STATUS = {"out_for_delivery": 6 * 3600, "attempted": 24 * 3600, "delivered": 24 * 3600}
 DEFAULT_TTL = 2 * 24 * 3600
-OPEN_AT_ONCE = 16  # new connections being opened to one push service at a time
+KEEPALIVE = 15.0  # seconds an idle connection is kept: well under what NATs and services allow
+MAX_REPLY = 64 * 1024  # bytes of a push service's reply body read (they answer small)
 
 
 def b64url(data: bytes) -> str:
@@ -168,7 +168,7 @@ def topic_for(order_id: int) -> str:
 
 
 class PushSender:
-    """Sends encrypted messages; safe to share between the threads of one worker."""
+    """Sends encrypted messages in batches; safe to share between the threads of one worker."""
 
     def __init__(
         self,
@@ -182,10 +182,6 @@ class PushSender:
         self.keys, self.subject, self.timeout = keys, subject, timeout
         self.tls = tls or ssl.create_default_context()  # whom https push services may be
         self._vapid = Vapid02(private_key=keys.private_key)
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=32, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
         self._headers: dict[str, tuple[str, float]] = {}
         self._lock = threading.RLock()
         self.pool_size = pool_size
@@ -206,33 +202,14 @@ class PushSender:
             self._headers[origin] = (header, exp - JWT_REFRESH_BEFORE)
         return header
 
-    def headers_for(self, sub: Subscription, urgency: str, topic: str) -> dict[str, str]:
-        auth = self.vapid_header(sub.endpoint)
-        return {"Authorization": auth, "Urgency": urgency, "Topic": topic}
-
-    def send(
-        self, sub: Subscription, payload: bytes, *, ttl: int, urgency: str, topic: str
-    ) -> PushResult:
-        """One message through pywebpush and the shared ``requests.Session``."""
-        headers = self.headers_for(sub, urgency, topic)
-        info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}
-        try:
-            resp = WebPusher(info, requests_session=self.session).send(
-                payload, headers, ttl=ttl, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            return PushResult("retry", None, None, f"{exc.__class__.__name__}: {exc}"[:300])
-        assert isinstance(resp, requests.Response)
-        return classify(resp.status_code, resp.headers.get("Retry-After"), resp.text[:200])
-
     def close(self) -> None:
-        self.session.close()
         if self._async is not None:
             self._async.close()
             self._async = None
 
     def send_many(self, messages: list[Outgoing]) -> list[PushResult]:
-        """Send a batch with up to ``pool_size`` requests in flight; results in input order."""
+        """Send a batch with up to ``pool_size`` requests in flight; results in input order.
+        Every message succeeds or fails alone: nothing a message does fails the batch."""
         return self.send_many_async(messages).result()
 
     def send_many_async(self, messages: list[Outgoing]) -> Future[list[PushResult]]:
@@ -269,22 +246,13 @@ class Outgoing:
 
 
 class _AsyncTransport:
-    """Many requests in flight on one event loop thread, over kept-alive HTTP/1.1 connections.
-
-    Measured here: pywebpush + requests spends ~0.8 ms of CPU a message and aiohttp ~0.5 ms;
-    push services answer small, so a plain keep-alive client on asyncio streams does the same
-    for a fraction. The encryption is the same http_ece call pywebpush makes (RFC 8291).
-    """
+    """An event loop thread of its own, and one aiohttp session on it for every batch."""
 
     def __init__(self, sender: PushSender, concurrency: int) -> None:
         self.sender = sender
         self.concurrency = concurrency
-        self.idle: dict[
-            tuple[str, str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
-        ] = {}
-        self.tls = sender.tls
+        self.session: aiohttp.ClientSession | None = None
         self.gate: asyncio.Semaphore | None = None
-        self.opening: dict[tuple[str, str, int], asyncio.Semaphore] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="waybill-push-io", daemon=True
@@ -294,99 +262,66 @@ class _AsyncTransport:
     def send_many(self, messages: list[Outgoing]) -> Future[list[PushResult]]:
         return asyncio.run_coroutine_threadsafe(self._all(messages), self.loop)
 
-    async def _all(self, messages: list[Outgoing]) -> list[PushResult]:
-        if self.gate is None:  # one limit for every batch in flight, made on the loop
+    def _open(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+        """Made on the loop, once: the connection pool and the limit on requests in flight."""
+        if self.session is None or self.gate is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.concurrency,
+                keepalive_timeout=KEEPALIVE,
+                ssl=self.sender.tls,
+                ttl_dns_cache=300,
+            )
+            self.session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.sender.timeout),
+                trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
             self.gate = asyncio.Semaphore(self.concurrency)
-        gate = self.gate
+        return self.session, self.gate
+
+    async def _all(self, messages: list[Outgoing]) -> list[PushResult]:
+        session, gate = self._open()
 
         async def one(m: Outgoing) -> PushResult:
             async with gate:
-                try:
-                    return await self._one(m)
-                except (OSError, EOFError, TimeoutError, ValueError) as exc:
-                    detail = f"{exc.__class__.__name__}: {exc}"[:300]
-                    return PushResult("retry", None, None, detail)
+                return await self._one(session, m)
 
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+        results = await asyncio.gather(*(one(m) for m in messages), return_exceptions=True)
+        return [
+            r if isinstance(r, PushResult) else PushResult("retry", None, None, describe_error(r))
+            for r in results
+        ]
 
-    async def _one(self, m: Outgoing) -> PushResult:
+    async def _one(self, session: aiohttp.ClientSession, m: Outgoing) -> PushResult:
         sub = m.subscription
         try:
             body = encrypt(sub, m.payload)
-        except Exception as exc:  # a subscription whose keys cannot be used
-            return PushResult("rejected", None, None, f"{exc.__class__.__name__}: {exc}")
-        parts = urlsplit(sub.endpoint)
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        auth = self.sender.vapid_header(sub.endpoint)
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Encoding: aes128gcm\r\n"
-            f"Content-Length: {len(body)}\r\nTTL: {m.ttl}\r\nAuthorization: {auth}\r\n"
-            f"Urgency: {m.urgency}\r\nTopic: {m.topic}\r\n\r\n"
-        ).encode("latin-1")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        key = (parts.scheme, parts.hostname or "", port)
-        async with asyncio.timeout(self.sender.timeout):
-            for attempt in (1, 2):
-                reused, (reader, writer) = await self._connect(key)
-                try:
-                    writer.write(head + body)
-                    status, answer, keep = await _read_response(reader)
-                except (OSError, EOFError, asyncio.IncompleteReadError):
-                    writer.close()
-                    if reused and attempt == 1:
-                        continue  # the service closed an idle connection: once more, fresh
-                    raise
-                except BaseException:
-                    writer.close()
-                    raise
-                if keep:
-                    self.idle.setdefault(key, []).append((reader, writer))
-                else:
-                    writer.close()
-                return classify(status, answer.get("retry-after"))
-        raise AssertionError("unreachable")
-
-    async def _connect(
-        self, key: tuple[str, str, int]
-    ) -> tuple[bool, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-        """A kept-alive connection to the origin, or a new one. New ones are opened a few at a
-        time, so a burst reuses connections that come free rather than opening one each: a
-        push service that answers at once needs few, a slow one gets as many as it takes."""
-        reused = self._reuse(key)
-        if reused is not None:
-            return True, reused
-        opening = self.opening.setdefault(key, asyncio.Semaphore(OPEN_AT_ONCE))
-        async with opening:
-            reused = self._reuse(key)
-            if reused is not None:
-                return True, reused
-            scheme, host, port = key
-            tls = self.tls if scheme == "https" else None
-            return False, await asyncio.open_connection(
-                host, port, ssl=tls, server_hostname=host if tls else None
-            )
-
-    def _reuse(
-        self, key: tuple[str, str, int]
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        pool = self.idle.get(key)
-        while pool:
-            reader, writer = pool.pop()
-            if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
-            writer.close()
-        return None
+            auth = self.sender.vapid_header(sub.endpoint)
+        except Exception as exc:  # keys or an endpoint that cannot be used: never will be
+            return PushResult("rejected", None, None, describe_error(exc))
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Encoding": "aes128gcm",
+            "TTL": str(m.ttl),
+            "Authorization": auth,
+            "Urgency": m.urgency,
+            "Topic": m.topic,
+        }
+        try:
+            async with session.post(sub.endpoint, data=body, headers=headers) as resp:
+                text = (await resp.content.read(MAX_REPLY)).decode("utf-8", "replace")
+                return classify(resp.status, resp.headers.get("Retry-After"), text[:200])
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # Not answered (refused, reset, timed out, a reply that is not HTTP): maybe
+            # delivered, maybe not; the outbox tries again later and counts the attempt.
+            return PushResult("retry", None, None, describe_error(exc))
 
     def close(self) -> None:
         async def shut() -> None:
-            writers = [w for pool in self.idle.values() for _, w in pool]
-            self.idle.clear()
-            for writer in writers:
-                writer.close()
-            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+            if self.session is not None:
+                await self.session.close()
 
         try:
             asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
@@ -396,35 +331,8 @@ class _AsyncTransport:
             self.loop.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bool]:
-    """Status, headers and whether the connection can be reused; the body is read and
-    dropped (Content-Length, chunked, or up to the close)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    status = int(rest[:3])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass
-                break
-            await reader.readexactly(size + 2)
-    elif "content-length" in headers:
-        length = int(headers["content-length"])
-        if length:
-            await reader.readexactly(length)
-    elif status not in (204, 304):
-        await reader.read()  # delimited by the close
-        keep = False
-    return status, headers, keep
+def describe_error(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}"[:300]
 
 
 def classify(status: int, retry_after: str | None, text: str = "") -> PushResult:
