@@ -156,6 +156,21 @@ def test_serve_never_blocks_its_loop_under_traffic_with_smtp_push_and_stalled_ph
 ) -> None:
     server, push, smtp = operated
     shop = Shop(server)
+    opened: list[LiveClient] = []
+    try:
+        _traffic(server, push, smtp, shop, opened)
+    finally:
+        for client in opened:
+            client.ws.close(timeout=0)
+
+
+def _traffic(
+    server: ServerProcess,
+    push: PushService,
+    smtp: SMTPServer,
+    shop: Shop,
+    opened: list[LiveClient],
+) -> None:
 
     # Customers with every status on, on both channels, each with a phone subscribed to push.
     customers: dict[str, list[dict[str, Any]]] = {}
@@ -183,16 +198,20 @@ def test_serve_never_blocks_its_loop_under_traffic_with_smtp_push_and_stalled_ph
         cookie = browser.cookies["waybill_session"]
         ids = {o["id"] for o in customers[email]}
         healthy = LiveClient(server.base, cookie=cookie, timeout=60)
+        opened.append(healthy)
         healthy.hello()
         sockets.append((healthy, ids))
         stalled.append(stalled_socket(server, cookie=cookie))
+        opened.append(stalled[-1])
     everything = [o for orders in customers.values() for o in orders]
     for order in everything[::3]:  # some tracking links open too, healthy and stalled
         token = order["tracking_url"].rsplit("/", 1)[1]
         link = LiveClient(server.base, track=token, timeout=60)
+        opened.append(link)
         link.hello()
         sockets.append((link, {order["id"]}))
         stalled.append(stalled_socket(server, track=token))
+        opened.append(stalled[-1])
     shipments = {
         o["id"]: shop.post(
             f"/orders/{o['id']}/shipments", {"carrier": "DHL", "tracking_number": f"JD{o['id']}"}
@@ -284,5 +303,3 @@ def test_serve_never_blocks_its_loop_under_traffic_with_smtp_push_and_stalled_ph
     )
     assert all(ms < BLOCK_LIMIT_MS for ms in blocks), blocks
     assert int(longest[-1]) < BLOCK_LIMIT_MS
-    for client in stalled:
-        client.ws.close(timeout=0)

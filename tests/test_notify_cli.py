@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import make_settings
+from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.utils.factories import make_merchant
 from tests.utils.push_service import PushService
 from waybill import create_app
@@ -124,3 +126,105 @@ def test_worker_command_sends_what_the_server_queued(tmp_path: Path) -> None:
         worker.stderr.close()  # type: ignore[union-attr]
         push.stop()
         app.extensions["waybill.engine"].dispose()
+
+
+def test_worker_processes_share_the_outbox_and_send_each_message_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """``waybill worker --processes 2`` on PostgreSQL: both claim, nothing goes twice."""
+    instance = tmp_path / "instance"
+    env = environ(
+        instance, WAYBILL_DATABASE_URL=pg_database, WAYBILL_PUSH_ENDPOINT_HOSTS="127.0.0.1:*"
+    )
+    assert (
+        subprocess.run([WAYBILL, "init"], env=env, capture_output=True, timeout=60).returncode == 0
+    )
+    push = PushService().start()
+    push.delay = 0.05  # slow enough that both processes have batches in flight
+    app = create_app(
+        make_settings(instance, database_url=pg_database, push_endpoint_hosts=("127.0.0.1:*",))
+    )
+    client = app.test_client()
+    push.expected_key = client.get("/api/push/public-key").get_json()["public_key"]
+    merchant = make_merchant(app, client)
+    browsers = []
+    for i in range(60):
+        order = merchant.create_order(f"p{i}@example.com")
+        browsers.append(push.subscribe())
+        token = order["tracking_url"].rsplit("/", 1)[1]
+        r = client.post(f"/api/track/{token}/push-subscriptions", json=browsers[-1].to_json())
+        assert r.status_code == 201
+        merchant.add_shipment(order["id"])
+    worker = subprocess.Popen(
+        [WAYBILL, "worker", "--processes", "2", "--concurrency", "8"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert push.wait_for(lambda: len(push.deliveries) >= len(browsers), timeout=60)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        output = worker.stdout.read().decode()  # type: ignore[union-attr]
+        owners = re.findall(r"outbox worker (\S+) running", output)
+        assert len(set(owners)) == 2, output  # two processes, each its own lease owner
+        assert sorted(len(push.delivered_to(b)) for b in browsers) == [1] * len(browsers)
+        assert push.errors == []
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+        worker.stdout.close()  # type: ignore[union-attr]
+        push.stop()
+        app.extensions["waybill.engine"].dispose()
+
+
+def test_outbox_dead_lists_what_failed_every_attempt(tmp_path: Path) -> None:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+    from sqlmodel import Session
+
+    from waybill.notify.models import OutboxMessage
+
+    instance = tmp_path / "instance"
+    env = environ(instance)
+    assert (
+        subprocess.run([WAYBILL, "init"], env=env, capture_output=True, timeout=60).returncode == 0
+    )
+    app = create_app(make_settings(instance, database_url=f"sqlite:///{instance}/waybill.db"))
+    client = app.test_client()
+    make_merchant(app, client).create_order("dead@example.com")
+    engine = app.extensions["waybill.engine"]
+    with Session(engine) as s, s.begin():
+        change_id = s.exec(sa.text("SELECT max(id) FROM change")).scalar()  # type: ignore[call-overload]
+        now = datetime.now(UTC)
+        s.add(
+            OutboxMessage(
+                dedupe_key="x",
+                change_id=change_id,
+                order_id=1,
+                channel="email",
+                destination="dead@example.com",
+                status="shipped",
+                state="dead",
+                attempts=8,
+                due_at=now,
+                deadline=now + timedelta(days=1),
+                last_error="SMTPServerDisconnected: gone",
+                done_at=now,
+            )
+        )
+    app.extensions["waybill.engine"].dispose()
+    out = subprocess.run(
+        [WAYBILL, "outbox", "dead"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    [line] = out.stdout.splitlines()
+    row = json.loads(line)
+    assert (row["channel"], row["attempts"], row["last_error"]) == (
+        "email",
+        8,
+        "SMTPServerDisconnected: gone",
+    )

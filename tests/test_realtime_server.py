@@ -1,5 +1,7 @@
-"""Live updates through the real thing: ``waybill serve`` (gunicorn, two gevent workers, the
-Redis broker) in a subprocess, the merchant API over HTTP, and WebSocket clients."""
+"""Live updates through the real thing: ``waybill serve`` under gevent in a subprocess, the
+merchant API over HTTP, and WebSocket clients. Every test runs on one worker with the in-process
+broker (always), and on two workers with the Redis broker (when WAYBILL_TEST_REDIS_URL is set):
+the hub's gevent write path is tested on every machine."""
 
 from __future__ import annotations
 
@@ -20,8 +22,6 @@ import pytest
 import requests
 
 from tests.test_realtime import CLOSED, LiveClient, cursors
-
-pytestmark = pytest.mark.redis
 
 WAYBILL = str(Path(sys.executable).with_name("waybill"))
 
@@ -153,15 +153,21 @@ class Shop:
         return r.cookies["waybill_session"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def server(
-    tmp_path_factory: pytest.TempPathFactory, migrated_template: Path
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    migrated_template: Path,
 ) -> Iterator[ServerProcess]:
-    """One server for this module (its tests use customers of their own): starting two
-    workers costs seconds."""
-    redis_url = os.environ.get("WAYBILL_TEST_REDIS_URL")
-    if not redis_url:
-        pytest.skip("WAYBILL_TEST_REDIS_URL is not set: no Redis to test against")
+    """One server per broker for this module (its tests use customers of their own):
+    starting two workers costs seconds."""
+    workers = 1
+    broker_url = "memory://"
+    if request.param == "redis":
+        broker_url = os.environ.get("WAYBILL_TEST_REDIS_URL", "")
+        if not broker_url:
+            pytest.skip("WAYBILL_TEST_REDIS_URL is not set: no Redis to test against")
+        workers = 2
     instance_dir = tmp_path_factory.mktemp("live") / "instance"
     instance_dir.mkdir()
     shutil.copy(migrated_template, instance_dir / "waybill.db")
@@ -170,12 +176,12 @@ def server(
         **os.environ,
         "WAYBILL_INSTANCE_DIR": str(instance_dir),
         "WAYBILL_DATABASE_URL": f"sqlite:///{instance_dir / 'waybill.db'}",
-        "WAYBILL_BROKER_URL": redis_url,
+        "WAYBILL_BROKER_URL": broker_url,
         "WAYBILL_BASE_URL": f"http://127.0.0.1:{port}",
         "WAYBILL_SECRET_KEY": "live-test-secret-key",
         "WAYBILL_RUN_WORKER": "0",
     }
-    proc = ServerProcess(env, port)
+    proc = ServerProcess(env, port, workers=workers)
     proc.start()
     yield proc
     proc.stop()
@@ -202,6 +208,8 @@ def connect(server: ServerProcess) -> Iterator[Callable[..., LiveClient]]:
 def test_an_event_reaches_sockets_on_both_workers(
     server: ServerProcess, shop: Shop, connect: Callable[..., LiveClient]
 ) -> None:
+    if server.workers < 2:
+        pytest.skip("one worker with the in-process broker: there is no other worker to reach")
     order = shop.order("wanda@example.com")
     cookie = shop.sign_in("wanda@example.com")
     sockets: dict[int, list[LiveClient]] = {}

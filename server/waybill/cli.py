@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -84,12 +85,81 @@ def serve(host: str, port: int, workers: int | None) -> None:
     default=256,
     show_default=True,
     type=int,
-    help="Notifications in flight at once.",
+    help="Notifications in flight at once, per process.",
+)
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes (each claims its own rows; one per core sends the most).",
 )
 @_config_errors
-def worker(concurrency: int) -> None:
+def worker(concurrency: int, processes: int) -> None:
     """Send queued notifications (Web Push, email) until stopped; the server can then run
     with WAYBILL_RUN_WORKER=0."""
+    import multiprocessing
+    import signal
+
+    settings = _settings()
+    _engine(settings).dispose()  # a bad database URL fails here, once, with its message
+    if processes == 1:
+        run_worker(concurrency)
+        return
+    spawn = multiprocessing.get_context("spawn")
+    children = [
+        spawn.Process(target=run_worker, args=(concurrency,), name=f"waybill-worker-{i}")
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+
+    def stop_children(*_: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_children)
+    click.echo(f"{processes} outbox worker processes running; Ctrl-C to stop")
+    for child in children:
+        child.join()
+
+
+@main.group()
+def outbox() -> None:
+    """The notification outbox."""
+
+
+@outbox.command("dead")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@_config_errors
+def outbox_dead(limit: int) -> None:
+    """Notifications that failed every attempt (newest first), one JSON object a line."""
+    from sqlmodel import Session
+
+    from waybill.notify.outbox import dead_letters
+
+    with Session(_engine(_settings())) as session:
+        for row in dead_letters(session, limit=limit):
+            click.echo(
+                json.dumps(
+                    {
+                        "id": row.id,
+                        "order_id": row.order_id,
+                        "channel": row.channel,
+                        "destination": row.destination,
+                        "status": row.status,
+                        "attempts": row.attempts,
+                        "last_error": row.last_error,
+                        "dead_at": row.done_at.isoformat() if row.done_at else None,
+                    }
+                )
+            )
+
+
+def run_worker(concurrency: int) -> None:
+    """One outbox worker in this process until SIGTERM or SIGINT."""
     import signal
     import threading
 

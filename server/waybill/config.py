@@ -1,12 +1,37 @@
-"""Settings, read from ``WAYBILL_*`` environment variables (and an optional ``.env``)."""
+"""Settings, read from ``WAYBILL_*`` environment variables (and an optional ``.env``).
+
+``Settings`` is a pydantic-settings model: every value is typed and checked when the object is
+made, and a bad value is a :class:`ConfigError` with one line per bad variable.
+
+There are two ways to get one, and only the first reads the environment:
+
+* ``Settings.from_env(environ=None, **overrides)`` reads every ``WAYBILL_<FIELD>`` variable from
+  ``environ`` (by default the process environment, with ``./.env`` filling in what the real
+  environment leaves unset), applies ``overrides`` on top, validates and resolves the result.
+* ``Settings(**values)`` uses the keyword values and the defaults, nothing else: a ``WAYBILL_*``
+  variable in the process environment or a ``.env`` file never leaks into settings built in code
+  (the tests build theirs that way). Call ``.resolved()`` to fill the generated defaults.
+
+The environment is read by ``from_env`` itself, into a dict of raw strings, and not by
+pydantic-settings' own sources (``settings_customise_sources`` keeps only the keyword values):
+that keeps lookups case-sensitive, an explicit ``environ`` mapping usable, unrelated
+``WAYBILL_*`` variables (``WAYBILL_TEST_POSTGRES_URL``) harmless, and lists in their plain
+comma-separated form rather than JSON. The field validators accept both a variable's text and
+the typed value, so both ways share one set of checks.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class ConfigError(Exception):
@@ -16,122 +41,255 @@ class ConfigError(Exception):
 _DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 _BROKER_SCHEMES = ("memory", "redis", "rediss")
 _SMTP_SCHEMES = ("smtp", "smtps", "smtp+starttls")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WAYBILL_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+    # read by from_env only; not in model_config, where every Settings(...) would open it
+    dotenv_path: ClassVar[str] = ".env"
+    # set in code only, never from a variable (a stray WAYBILL_TESTING must not weaken a server)
+    _not_from_env: ClassVar[frozenset[str]] = frozenset({"testing", "extra"})
+
     instance_dir: Path = Path("instance")
-    database_url: str = ""
+    database_url: str = ""  # empty: sqlite:///<instance_dir>/waybill.db, filled by resolved()
     broker_url: str = "memory://"
     base_url: str = "http://127.0.0.1:8000"
-    secret_key: str = ""
-    vapid_private_key: str = ""
+    secret_key: str = Field("", repr=False)  # empty: generated into the instance dir
+    vapid_private_key: str = Field("", repr=False)
     vapid_subject: str = "mailto:operator@waybill.invalid"
     smtp_url: str = ""
     mail_from: str = "Waybill <no-reply@waybill.invalid>"
     oidc_issuer: str = ""
     oidc_client_id: str = ""
-    oidc_client_secret: str = ""
-    push_endpoint_hosts: tuple[str, ...] = ()
+    oidc_client_secret: str = Field("", repr=False)
+    push_endpoint_hosts: tuple[str, ...] = ()  # WAYBILL_PUSH_ENDPOINT_HOSTS=host:port,host:*
     run_worker: bool = True
     outbox_lease_seconds: int = 120  # a dead worker's claimed notifications wait this long
     proxy_hops: int = 0  # reverse proxies in front that set X-Forwarded-For/-Proto
     blocked_loop_warn_ms: int = 500  # a worker's event loop blocked this long is logged
-    rate_limits: tuple[tuple[str, str], ...] = ()  # overrides, see waybill.security
+    # overrides, see waybill.security; WAYBILL_RATE_LIMITS=name=5/hour,name=20/minute
+    rate_limits: tuple[tuple[str, str], ...] = ()
     testing: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, object] = Field(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - set(type(self).model_fields)
+        if unknown:  # a programming error, as with a dataclass
+            raise TypeError(
+                f"Settings got unexpected keyword arguments: {', '.join(sorted(unknown))}"
+            )
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the keyword values: the environment is read by :meth:`from_env` alone."""
+        return (init_settings,)
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable of a field: ``base_url`` -> ``WAYBILL_BASE_URL``."""
+        return f"{cls.model_config.get('env_prefix', '')}{field.upper()}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read settings from the environment, validate them and fill the generated defaults.
+
+        ``environ`` replaces the process environment (and then ``.env`` is not read);
+        ``overrides`` are field values that win over both.
+        """
+        env = dict(os.environ if environ is None else environ)
+        if environ is None:
+            _load_dotenv(env, cls.dotenv_path)
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            if name not in cls._not_from_env and cls.variable(name) in env:
+                values[name] = env[cls.variable(name)]
+        values["instance_dir"] = Path(values.get("instance_dir", "instance")).resolve()
+        values.update(overrides)
+        return cls(**values).resolved()
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some values changed, checked like a new ``Settings(...)``."""
+        current = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**current, **changes})
+
+    def resolved(self) -> Settings:
+        """Fill the defaults that live in the instance directory (values are checked already)."""
+        s = self
+        if not s.database_url:
+            s = s.with_overrides(database_url=f"sqlite:///{s.instance_dir / 'waybill.db'}")
+        if not s.secret_key:
+            s = s.with_overrides(secret_key=_instance_secret(s.instance_dir, "secret_key"))
+        return s
 
     @property
     def secure_cookies(self) -> bool:
         return self.base_url.startswith("https://")
 
-    def with_overrides(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
-        """Read settings from the environment, validate them and fill the generated defaults."""
-        env = dict(os.environ if environ is None else environ)
-        if environ is None:
-            _load_dotenv(env)
-        instance_dir = Path(env.get("WAYBILL_INSTANCE_DIR", "instance")).resolve()
-        hosts = tuple(
-            h.strip() for h in env.get("WAYBILL_PUSH_ENDPOINT_HOSTS", "").split(",") if h.strip()
-        )
-        values: dict[str, object] = {
-            "instance_dir": instance_dir,
-            "database_url": env.get("WAYBILL_DATABASE_URL", ""),
-            "broker_url": env.get("WAYBILL_BROKER_URL", "memory://"),
-            "base_url": env.get("WAYBILL_BASE_URL", "http://127.0.0.1:8000").rstrip("/"),
-            "secret_key": env.get("WAYBILL_SECRET_KEY", ""),
-            "vapid_private_key": env.get("WAYBILL_VAPID_PRIVATE_KEY", ""),
-            "vapid_subject": env.get("WAYBILL_VAPID_SUBJECT", "mailto:operator@waybill.invalid"),
-            "smtp_url": env.get("WAYBILL_SMTP_URL", ""),
-            "mail_from": env.get("WAYBILL_MAIL_FROM", "Waybill <no-reply@waybill.invalid>"),
-            "oidc_issuer": env.get("WAYBILL_OIDC_ISSUER", ""),
-            "oidc_client_id": env.get("WAYBILL_OIDC_CLIENT_ID", ""),
-            "oidc_client_secret": env.get("WAYBILL_OIDC_CLIENT_SECRET", ""),
-            "push_endpoint_hosts": hosts,
-            "run_worker": env.get("WAYBILL_RUN_WORKER", "1") not in ("0", "false", "no"),
-            "outbox_lease_seconds": _whole_number(
-                "WAYBILL_OUTBOX_LEASE_SECONDS", env.get("WAYBILL_OUTBOX_LEASE_SECONDS", "120")
-            ),
-            "proxy_hops": _whole_number("WAYBILL_PROXY_HOPS", env.get("WAYBILL_PROXY_HOPS", "0")),
-            "blocked_loop_warn_ms": _whole_number(
-                "WAYBILL_BLOCKED_LOOP_WARN_MS", env.get("WAYBILL_BLOCKED_LOOP_WARN_MS", "500")
-            ),
-            "rate_limits": tuple(
-                tuple(part.strip() for part in item.split("=", 1))  # type: ignore[misc]
-                for item in env.get("WAYBILL_RATE_LIMITS", "").split(",")
-                if "=" in item
-            ),
-        }
-        values.update(overrides)
-        return cls(**values).resolved()  # type: ignore[arg-type]
-
-    def resolved(self) -> Settings:
-        """Check every value and fill the defaults that live in the instance directory."""
-        s = self
-        if not s.database_url:
-            s = replace(s, database_url=f"sqlite:///{s.instance_dir / 'waybill.db'}")
-        _check_scheme("WAYBILL_DATABASE_URL", s.database_url, _DB_SCHEMES)
-        _check_scheme("WAYBILL_BROKER_URL", s.broker_url, _BROKER_SCHEMES)
-        _check_scheme("WAYBILL_BASE_URL", s.base_url, ("http", "https"))
-        if not urlsplit(s.base_url).hostname:
-            raise ConfigError(f"WAYBILL_BASE_URL has no host: {s.base_url!r}")
-        if s.smtp_url:
-            _check_scheme("WAYBILL_SMTP_URL", s.smtp_url, _SMTP_SCHEMES)
-        if not s.vapid_subject.startswith(("mailto:", "https://")):
-            raise ConfigError("WAYBILL_VAPID_SUBJECT must start with mailto: or https://")
-        if bool(s.oidc_issuer) != bool(s.oidc_client_id):
-            raise ConfigError("WAYBILL_OIDC_ISSUER and WAYBILL_OIDC_CLIENT_ID go together")
-        for pattern in s.push_endpoint_hosts:
-            host, _, port = pattern.rpartition(":")
-            if not host or not (port == "*" or port.isdigit()):
-                raise ConfigError(
-                    f"WAYBILL_PUSH_ENDPOINT_HOSTS entry {pattern!r} is not host:port or host:*"
-                )
-        if not s.secret_key:
-            s = replace(s, secret_key=_instance_secret(s.instance_dir, "secret_key"))
-        return s
-
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    # --- parsing: each accepts a variable's text or the typed value -------------------------
 
-def _whole_number(name: str, value: str) -> int:
-    if not value.strip().isdigit():
-        raise ConfigError(f"{name}={value!r}: expected a whole number such as 0 or 1")
-    return int(value)
+    @field_validator("run_worker", "testing", mode="before")
+    @classmethod
+    def _boolean(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        word = value.strip().lower() if isinstance(value, str) else None
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+    @field_validator("outbox_lease_seconds", "proxy_hops", "blocked_loop_warn_ms", mode="before")
+    @classmethod
+    def _whole_number(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+            return int(value)
+        raise ValueError("expected a whole number such as 0 or 1")
+
+    @field_validator("push_endpoint_hosts", mode="before")
+    @classmethod
+    def _host_patterns(cls, value: object) -> object:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError("expected comma-separated host:port patterns")
+        hosts = tuple(str(h).strip() for h in items if str(h).strip())
+        bad = []
+        for pattern in hosts:
+            host, _, port = pattern.rpartition(":")
+            if not host or not (port == "*" or port.isdigit()):
+                bad.append(repr(pattern))
+        if bad:
+            raise ValueError(
+                f"{_entries(bad)} not host:port or host:*; "
+                "expected comma-separated host:port patterns such as 127.0.0.1:*"
+            )
+        return hosts
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _rate_limits(cls, value: object) -> object:
+        if isinstance(value, Mapping):
+            return tuple((str(k), str(v)) for k, v in value.items())
+        if not isinstance(value, str):
+            return value
+        pairs, bad = [], []
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            name, sep, limit = item.partition("=")
+            if sep and name.strip() and limit.strip():
+                pairs.append((name.strip(), limit.strip()))
+            else:
+                bad.append(repr(item.strip()))
+        if bad:
+            raise ValueError(f"{_entries(bad)} not name=limit; expected name=5/hour,name=20/minute")
+        return tuple(pairs)
+
+    # --- checks --------------------------------------------------------------------------
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value:  # empty: the SQLite file in the instance directory
+            _check_scheme(value, _DB_SCHEMES)
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        _check_scheme(value, _BROKER_SCHEMES)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        _check_scheme(value, ("http", "https"))
+        if not urlsplit(value).hostname:
+            raise ValueError("has no host; expected an origin such as https://track.example.com")
+        return value.rstrip("/")
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str) -> str:
+        if value:
+            _check_scheme(value, _SMTP_SCHEMES)
+        return value
+
+    @field_validator("vapid_subject")
+    @classmethod
+    def _vapid_subject(cls, value: str) -> str:
+        if not value.startswith(("mailto:", "https://")):
+            raise ValueError("must start with mailto: or https://")
+        return value
+
+    @field_validator("oidc_client_id")
+    @classmethod
+    def _oidc_pair(cls, value: str, info: ValidationInfo) -> str:
+        issuer = info.data.get("oidc_issuer", "")
+        if bool(issuer) != bool(value):
+            missing = cls.variable("oidc_client_id" if issuer else "oidc_issuer")
+            raise ValueError(
+                "WAYBILL_OIDC_ISSUER and WAYBILL_OIDC_CLIENT_ID go together; "
+                f"expected both set or neither ({missing} is unset)"
+            )
+        return value
 
 
-def _check_scheme(name: str, url: str, allowed: tuple[str, ...]) -> None:
+def _describe(exc: ValidationError) -> str:
+    """One line per bad setting: the variable, its value and what is expected."""
+    lines: dict[str, str] = {}
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = Settings.variable(field) if field not in Settings._not_from_env else field
+        # our checks raise ValueError; a wrong Python type given in code gets pydantic's words
+        value_error = error["type"] == "value_error"
+        reason = str(error["ctx"]["error"]) if value_error else error["msg"]
+        line = f"{name}={_shown(error['input'])}: {reason}"
+        lines[name] = f"{lines[name]}; {reason}" if name in lines else line
+    return "\n".join(lines.values())
+
+
+def _entries(bad: list[str]) -> str:
+    return f"entry {bad[0]} is" if len(bad) == 1 else f"entries {', '.join(bad)} are"
+
+
+def _shown(value: object) -> str:
+    """The value for an error message, with any password in a URL hidden."""
+    if isinstance(value, str):
+        value = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", value)
+    return repr(value)
+
+
+def _check_scheme(url: str, allowed: tuple[str, ...]) -> None:
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme not in allowed:
-        raise ConfigError(
-            f"{name}={url!r}: unknown scheme {scheme!r}; expected one of {', '.join(allowed)}"
-        )
+        raise ValueError(f"unknown scheme {scheme!r}; expected one of {', '.join(allowed)}")
 
 
 def _instance_secret(instance_dir: Path, name: str) -> str:
@@ -147,12 +305,13 @@ def _instance_secret(instance_dir: Path, name: str) -> str:
     return value
 
 
-def _load_dotenv(env: dict[str, str]) -> None:
-    """Values from ``./.env`` fill in what the real environment leaves unset."""
-    if not Path(".env").exists():
+def _load_dotenv(env: dict[str, str], path: str) -> None:
+    """Values from ``./.env`` fill in the ``WAYBILL_*`` variables the real environment leaves
+    unset."""
+    if not Path(path).is_file():
         return
     from dotenv import dotenv_values
 
-    for key, value in dotenv_values(".env").items():
+    for key, value in dotenv_values(path).items():
         if key.startswith("WAYBILL_") and value is not None:
             env.setdefault(key, value)

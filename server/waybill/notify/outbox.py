@@ -178,21 +178,16 @@ def reevaluate(session: Session, customer: Customer, *, now: datetime | None = N
 
 def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timedelta) -> list[int]:
     """Lease up to ``limit`` due rows to ``owner`` (a token per batch); returns their ids.
-    A row waits while an older row of its order and destination is in flight.
+    A row waits while another row of its order and destination is in flight (that one is the
+    older: a newer change supersedes every older row not in flight).
 
     One statement: ``UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED])
     RETURNING id``; the batch is then read back by its owner token, without id lists."""
-    older = sa.orm.aliased(OutboxMessage)
-    in_flight = (
-        sa.exists()
-        .where(
-            older.order_id == OutboxMessage.order_id,
-            older.destination == OutboxMessage.destination,
-            older.id < OutboxMessage.id,  # type: ignore[operator]
-            older.state == "pending",
-            older.lease_until >= now,  # type: ignore[operator]
-        )
-        .correlate(OutboxMessage)
+    # (order, destination) pairs with a message in flight: few, and read once (a hashed
+    # subplan), never once per candidate row.
+    in_flight = select(OutboxMessage.order_id, OutboxMessage.destination).where(
+        OutboxMessage.state == "pending",
+        col(OutboxMessage.lease_until) >= now,
     )
     due = (
         select(OutboxMessage.id)
@@ -205,7 +200,9 @@ def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timed
             ),
             # One order, one destination, one message at a time: the phone shows the last
             # one that arrives, so a newer status never overtakes an older one in flight.
-            ~in_flight,
+            sa.tuple_(col(OutboxMessage.order_id), col(OutboxMessage.destination)).not_in(
+                in_flight
+            ),
         )
         .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
         .limit(limit)

@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import http_ece
+from aiohttp.helpers import get_env_proxy_for_url
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
+from yarl import URL
 
 from waybill.config import ConfigError, Settings
 
@@ -253,6 +256,7 @@ class _AsyncTransport:
         self.concurrency = concurrency
         self.session: aiohttp.ClientSession | None = None
         self.gate: asyncio.Semaphore | None = None
+        self.proxies: dict[str, tuple[Any, Any]] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="waybill-push-io", daemon=True
@@ -274,9 +278,12 @@ class _AsyncTransport:
             self.session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self.sender.timeout),
-                trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY
+                # Proxies come from the environment through proxy_for(), once per origin:
+                # trust_env would also look for a ~/.netrc on a thread for every request.
+                trust_env=False,
                 auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding",),
+                skip_auto_headers=("Accept-Encoding", "User-Agent"),
+                cookie_jar=aiohttp.DummyCookieJar(),  # push services set none worth keeping
             )
             self.gate = asyncio.Semaphore(self.concurrency)
         return self.session, self.gate
@@ -310,13 +317,29 @@ class _AsyncTransport:
             "Topic": m.topic,
         }
         try:
-            async with session.post(sub.endpoint, data=body, headers=headers) as resp:
-                text = (await resp.content.read(MAX_REPLY)).decode("utf-8", "replace")
-                return classify(resp.status, resp.headers.get("Retry-After"), text[:200])
+            proxy, proxy_auth = self.proxy_for(sub.endpoint)
+            # The endpoint was checked to be printable ASCII when it was stored: no quoting.
+            url = URL(sub.endpoint, encoded=True)
+            async with session.post(
+                url, data=body, headers=headers, proxy=proxy, proxy_auth=proxy_auth
+            ) as resp:
+                reply = await _read_reply(resp)
+                return classify(resp.status, resp.headers.get("Retry-After"), reply[:200])
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             # Not answered (refused, reset, timed out, a reply that is not HTTP): maybe
             # delivered, maybe not; the outbox tries again later and counts the attempt.
             return PushResult("retry", None, None, describe_error(exc))
+
+    def proxy_for(self, endpoint: str) -> tuple[Any, Any]:
+        """``HTTPS_PROXY``/``HTTP_PROXY`` for the endpoint's origin unless ``NO_PROXY`` names
+        it, read from the environment once per origin."""
+        origin = origin_of(endpoint)
+        if origin not in self.proxies:
+            try:
+                self.proxies[origin] = get_env_proxy_for_url(URL(origin))
+            except LookupError:
+                self.proxies[origin] = (None, None)
+        return self.proxies[origin]
 
     def close(self) -> None:
         async def shut() -> None:
@@ -329,6 +352,18 @@ class _AsyncTransport:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
             self.loop.close()
+
+
+async def _read_reply(resp: aiohttp.ClientResponse) -> str:
+    """The reply body, read to its end (so the connection can be reused) up to ``MAX_REPLY``
+    bytes; ``read(n)`` alone returns whatever chunk has arrived."""
+    body = bytearray()
+    while len(body) < MAX_REPLY:
+        chunk = await resp.content.read(MAX_REPLY - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body.decode("utf-8", "replace")
 
 
 def describe_error(exc: BaseException) -> str:
