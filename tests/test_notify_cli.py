@@ -166,7 +166,7 @@ def test_worker_processes_share_the_outbox_and_send_each_message_once(
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
         output = worker.stdout.read().decode()  # type: ignore[union-attr]
-        owners = re.findall(r"outbox worker (\S+) running", output)
+        owners = re.findall(r"outbox worker (\d+-[0-9a-f]+) running", output)
         assert len(set(owners)) == 2, output  # two processes, each its own lease owner
         assert sorted(len(push.delivered_to(b)) for b in browsers) == [1] * len(browsers)
         assert push.errors == []
