@@ -89,13 +89,13 @@ def serve(host: str, port: int, workers: int | None) -> None:
 )
 @click.option(
     "--processes",
-    default=1,
-    show_default=True,
+    default=None,
     type=click.IntRange(1, 64),
-    help="Worker processes (each claims its own rows; one per core sends the most).",
+    help="Worker processes, each claiming rows of its own [default: one per core on "
+    "PostgreSQL, 1 on SQLite, whose writers queue behind one lock].",
 )
 @_config_errors
-def worker(concurrency: int, processes: int) -> None:
+def worker(concurrency: int, processes: int | None) -> None:
     """Send queued notifications (Web Push, email) until stopped; the server can then run
     with WAYBILL_RUN_WORKER=0."""
     import multiprocessing
@@ -103,6 +103,8 @@ def worker(concurrency: int, processes: int) -> None:
 
     settings = _settings()
     _engine(settings).dispose()  # a bad database URL fails here, once, with its message
+    if processes is None:
+        processes = 1 if settings.is_sqlite else (os.cpu_count() or 1)
     if processes == 1:
         run_worker(concurrency)
         return
