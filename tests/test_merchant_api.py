@@ -271,6 +271,20 @@ def test_unknown_ids_are_404(merchant):
     assert merchant.scan(999999, "delivered", SCAN_TIME).status_code == 404
 
 
+def test_another_merchants_shipment_answers_exactly_as_a_missing_one(app, client, merchant):
+    """Shipment ids are sequential: the answer must not tell "exists, not yours" apart."""
+    order = merchant.create_order("a@example.com")
+    theirs = merchant.add_shipment(order["id"])
+    other = make_merchant(app, client, name="Other Shop")
+    before = row_counts(app)
+    foreign = other.scan(theirs["id"], "delivered", SCAN_TIME)
+    missing = other.scan(theirs["id"] + 1000, "delivered", SCAN_TIME)
+    assert foreign.status_code == missing.status_code == 404
+    assert foreign.get_json() == missing.get_json()
+    assert foreign.get_json()["error"]["message"] == "no such shipment"
+    assert row_counts(app) == before
+
+
 def test_openapi_documents_every_api_route(client, app):
     doc = client.get("/api/openapi.json").get_json()
     assert doc["openapi"].startswith("3.1")

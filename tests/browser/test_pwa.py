@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -45,6 +46,18 @@ def test_tracking_page_shows_status_timeline_items_and_carrier(
     assert "dhl.com" in (link.get_attribute("href") or "")
     assert page.get_by_role("button", name="Notify me").is_visible()
     assert real_errors(page.errors, live_server) == []  # type: ignore[attr-defined]
+
+
+def test_a_carrier_named_like_an_object_property_gets_no_carrier_link(
+    phone: Any, live_server: LiveServer
+) -> None:
+    order = live_server.merchant.create_order(email="proto@example.com")
+    for carrier in ("constructor", "__proto__", "toString"):
+        live_server.merchant.add_shipment(order["id"], carrier=carrier)
+    page = open_tracking(phone, live_server, order)
+    page.get_by_text("__proto__", exact=True).wait_for()
+    assert page.get_by_role("link", name=re.compile("^Track at")).count() == 0
+    assert "native code" not in page.locator("main").inner_text()
 
 
 def wait_for_offline_copy(page: Any) -> None:

@@ -232,9 +232,10 @@ def post_shipment(order_id: int) -> Any:
 def post_shipment_event(shipment_id: int) -> Any:
     db = get_session()
     shipment = db.get(Shipment, shipment_id) if shipment_id <= MAX_ID else None
-    if shipment is None:
+    order = db.get(Order, shipment.order_id) if shipment is not None else None
+    # Another merchant's shipment answers exactly as a missing one: ids reveal nothing.
+    if shipment is None or order is None or order.merchant_id != _merchant().id:
         raise not_found("shipment")
-    order = _order(shipment.order_id)
     data = parse_body(ShipmentEventCreate)
     recorded = record_shipment_event(session=db, shipment=shipment, data=data)
     _commit()

@@ -5,20 +5,21 @@ import { formatDateTime, formatDay, isToday, statusLabel, t, timeAgo } from '../
 
 const LINE = ['confirmed', 'processing', 'shipped', 'in_transit', 'out_for_delivery', 'delivered'];
 const TONE = { delivered: 'ok', attempted: 'warn', available_for_pickup: 'warn', exception: 'warn', returned: 'bad', cancelled: 'bad' };
-const CARRIERS = {
-  dhl: 'https://www.dhl.com/global-en/home/tracking.html?tracking-id=',
-  ups: 'https://www.ups.com/track?tracknum=',
-  fedex: 'https://www.fedex.com/fedextrack/?trknbr=',
-  usps: 'https://tools.usps.com/go/TrackConfirmAction?tLabels=',
-  dpd: 'https://tracking.dpd.de/status/en_US/parcel/',
-  gls: 'https://gls-group.com/track/',
-  hermes: 'https://www.myhermes.de/empfangen/sendungsverfolgung/sendungsinformation#',
-  'royal mail': 'https://www.royalmail.com/track-your-item#/tracking-results/',
-  'deutsche post': 'https://www.deutschepost.de/sendung/simpleQueryResult.html?form.sendungsnummer=',
-};
+// A Map, not an object literal: a carrier named "constructor" or "__proto__" finds nothing.
+const CARRIERS = new Map([
+  ['dhl', 'https://www.dhl.com/global-en/home/tracking.html?tracking-id='],
+  ['ups', 'https://www.ups.com/track?tracknum='],
+  ['fedex', 'https://www.fedex.com/fedextrack/?trknbr='],
+  ['usps', 'https://tools.usps.com/go/TrackConfirmAction?tLabels='],
+  ['dpd', 'https://tracking.dpd.de/status/en_US/parcel/'],
+  ['gls', 'https://gls-group.com/track/'],
+  ['hermes', 'https://www.myhermes.de/empfangen/sendungsverfolgung/sendungsinformation#'],
+  ['royal mail', 'https://www.royalmail.com/track-your-item#/tracking-results/'],
+  ['deutsche post', 'https://www.deutschepost.de/sendung/simpleQueryResult.html?form.sendungsnummer='],
+]);
 
 export function carrierUrl(carrier, number) {
-  const base = CARRIERS[String(carrier).trim().toLowerCase()];
+  const base = CARRIERS.get(String(carrier).trim().toLowerCase());
   return base ? base + encodeURIComponent(number) : null;
 }
 
