@@ -57,7 +57,7 @@ def test_the_api_refuses_what_would_poison_a_notification(
             json={**browser, "endpoint": bad + browser["endpoint"]},
         )
         assert r.status_code == 422, bad
-    for bad in ("CR-1\r\nBcc: victim@example.com", "LS-1\u2028x", "TAB\t1"):
+    for bad in ("CR-1\r\nBcc: victim@example.com", "LS-1\u2028x", "TAB\t1", "\u202e2401"):
         r = shopper.merchant.client.post(
             "/api/v1/orders",
             json={"external_id": bad, "customer": {"email": "x@example.com"}},
@@ -65,7 +65,7 @@ def test_the_api_refuses_what_would_poison_a_notification(
         )
         assert r.status_code == 422
         assert r.get_json()["error"]["fields"]["external_id"] == (
-            "must be one line of text, without line breaks or control characters"
+            "must be one line of text, without line breaks, control or bidirectional characters"
         )
 
 

@@ -60,6 +60,24 @@ def test_a_carrier_named_like_an_object_property_gets_no_carrier_link(
     assert "native code" not in page.locator("main").inner_text()
 
 
+def test_bidirectional_controls_stored_before_they_were_refused_are_not_shown(
+    phone: Any, live_server: LiveServer
+) -> None:
+    """An order number stored with U+202E (right-to-left override) would read backwards."""
+    import sqlalchemy as sa
+
+    from waybill.models import Order
+
+    order = live_server.order_in_transit(email="bidi@example.com")
+    with live_server.app.extensions["waybill.engine"].begin() as conn:
+        conn.execute(
+            sa.update(Order).where(Order.id == order["id"]).values(external_id="\u202e2401")
+        )
+    page = open_tracking(phone, live_server, order)
+    shown = page.locator(".merchant").inner_text()
+    assert "2401" in shown and "\u202e" not in shown
+
+
 def wait_for_offline_copy(page: Any) -> None:
     """The service worker controls the page and has kept an API answer for offline use; on
     giving up, say what the page and its worker were doing."""

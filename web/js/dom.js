@@ -1,12 +1,15 @@
 // Building DOM from nodes, never from markup: every string becomes a text node, so shop data stays text.
 const SVG = 'http://www.w3.org/2000/svg';
+// Bidirectional embedding, override and isolate controls: they could make a shop's "1042" read
+// as "2401". The server refuses them in one-line text; anything stored before loses them here.
+const BIDI_CONTROLS = /[\u202a-\u202e\u2066-\u2069]/g;
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (value == null || value === false) continue;
     if (key === 'class') el.className = value;
-    else if (key === 'text') el.textContent = value;
+    else if (key === 'text') el.textContent = String(value).replace(BIDI_CONTROLS, '');
     else if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
     else el.setAttribute(key, value === true ? '' : value);
   }

@@ -10,6 +10,10 @@ from werkzeug.exceptions import HTTPException
 
 from waybill.api.schemas import ONE_LINE
 
+ONE_LINE_MESSAGE = (
+    "must be one line of text, without line breaks, control or bidirectional characters"
+)
+
 
 class ApiError(Exception):
     def __init__(
@@ -49,7 +53,7 @@ def validation_fields(exc: ValidationError) -> dict[str, str]:
             err["type"] == "string_pattern_mismatch"
             and (err.get("ctx") or {}).get("pattern") == ONE_LINE
         ):
-            msg = "must be one line of text, without line breaks or control characters"
+            msg = ONE_LINE_MESSAGE
         fields.setdefault(path, msg)
     return fields
 

@@ -20,8 +20,10 @@ from waybill.tracking.statuses import ALL_STATUSES
 
 StatusName = Literal[tuple(s.value for s in ALL_STATUSES)]  # type: ignore[valid-type]
 #: One line of text: no control characters, line breaks or line/paragraph separators, so that
-#: no value (an order number in a mail's subject, say) can break a line where it is shown.
-ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+#: no value (an order number in a mail's subject, say) can break a line where it is shown; and
+#: no bidirectional embedding, override or isolate controls (U+202A-U+202E, U+2066-U+2069),
+#: which can make "1042" read as "2401" or hide part of a name.
+ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$"
 Text200 = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=ONE_LINE)
 ]
