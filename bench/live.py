@@ -130,6 +130,7 @@ def seed(instance: Path, count: int) -> World:
                 order, _ = create_order(
                     session=session,
                     merchant=merchants[mi],
+                    secret_key=settings.secret_key,
                     data=OrderCreate.model_validate(
                         {
                             "external_id": f"B-{i}",

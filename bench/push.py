@@ -308,11 +308,13 @@ def seed_outbox(engine, subs: list[dict]) -> None:  # type: ignore[no-untyped-de
     """One merchant, a customer and an order per subscription, one due outbox row each."""
     import sqlalchemy as sa
 
+    from waybill.auth.tokens import new_tracking_token
     from waybill.models import Change, Customer, Merchant, Order
     from waybill.notify.models import OutboxMessage, PushSubscription
 
     now = datetime.now(UTC)
     n = len(subs)
+    sealed = [new_tracking_token("bench") for _ in range(n)]  # the workers' secret_key
     with engine.begin() as conn:
         conn.execute(sa.insert(Merchant), [{"id": "mer_bench", "name": "Acme", "created_at": now}])
         conn.execute(
@@ -335,8 +337,8 @@ def seed_outbox(engine, subs: list[dict]) -> None:  # type: ignore[no-untyped-de
                     "merchant_id": "mer_bench",
                     "customer_id": i + 1,
                     "external_id": f"B{i}",
-                    "tracking_token": f"tok{i:021d}",
-                    "tracking_token_hash": f"h{i}",
+                    "tracking_token_sealed": sealed[i][1],
+                    "tracking_token_hash": sealed[i][2],
                     "status": "out_for_delivery",
                     "items": [],
                     "request_hash": "x",

@@ -125,10 +125,12 @@ def test_list_is_newest_first_paginated_and_filtered(merchant):
 
 
 def test_list_rejects_bad_parameters(merchant):
-    for query in ("limit=0", "limit=x", "status=lost", "cursor=!!!"):
+    for query in ("limit=0", "limit=x", "status=lost", "cursor=!!!", "=false", "sort=id"):
         r = merchant.get(f"/orders?{query}")
         assert r.status_code == 422, query
         assert r.get_json()["error"]["fields"]
+    fields = merchant.get("/orders?sort=id").get_json()["error"]["fields"]
+    assert fields == {"sort": "not a query parameter of this request"}
 
 
 def test_another_merchants_order_is_not_found(app, client, merchant):
@@ -283,6 +285,27 @@ def test_another_merchants_shipment_answers_exactly_as_a_missing_one(app, client
     assert foreign.get_json() == missing.get_json()
     assert foreign.get_json()["error"]["message"] == "no such shipment"
     assert row_counts(app) == before
+
+
+def test_no_merchant_sees_or_rewrites_what_another_merchant_said_about_a_customer(
+    app, client, merchant, auth
+):
+    a = merchant.create_order(
+        customer={"email": "carol@example.com", "name": "Carol Secretname-Smith"}
+    )
+    other = make_merchant(app, client, name="Other Shop")
+    c = other.create_order(customer={"email": "Carol@Example.com"})
+    assert c["customer"] == {"email": "carol@example.com", "name": None}  # not A's
+    renamed = other.create_order(customer={"email": "carol@example.com", "name": "C. Renamed"})
+    assert renamed["customer"]["name"] == "C. Renamed"  # what this merchant said
+    # A still sees what A said, and the customer what they were first told
+    assert merchant.get(f"/orders/{a['id']}").get_json()["customer"]["name"] == (
+        "Carol Secretname-Smith"
+    )
+    listed = other.get("/orders").get_json()["orders"]
+    assert "Carol Secretname-Smith" not in str(listed)
+    auth.sign_in("carol@example.com")
+    assert auth.client.get("/api/me").get_json()["name"] == "Carol Secretname-Smith"
 
 
 def test_openapi_documents_every_api_route(client, app):

@@ -92,6 +92,7 @@ def test_worker_command_sends_what_the_server_queued(tmp_path: Path) -> None:
             instance,
             database_url=f"sqlite:///{instance}/waybill.db",
             push_endpoint_hosts=("127.0.0.1:*",),
+            secret_key=(instance / "secret_key").read_text().strip(),  # the worker's, too
         )
     )
     worker = subprocess.Popen(
@@ -142,7 +143,12 @@ def test_worker_processes_share_the_outbox_and_send_each_message_once(
     push = PushService().start()
     push.delay = 0.05  # slow enough that both processes have batches in flight
     app = create_app(
-        make_settings(instance, database_url=pg_database, push_endpoint_hosts=("127.0.0.1:*",))
+        make_settings(
+            instance,
+            database_url=pg_database,
+            push_endpoint_hosts=("127.0.0.1:*",),
+            secret_key=(instance / "secret_key").read_text().strip(),  # the workers', too
+        )
     )
     client = app.test_client()
     push.expected_key = client.get("/api/push/public-key").get_json()["public_key"]

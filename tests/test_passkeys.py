@@ -10,10 +10,12 @@ import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 from werkzeug.serving import make_server
 
@@ -21,8 +23,9 @@ from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, make_merchant
 from tests.utils.pages import wait_until
 from waybill import create_app
-from waybill.auth.models import Passkey
+from waybill.auth.models import Passkey, PasskeyChallenge
 from waybill.db import session_scope
+from waybill.models import utcnow
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -89,6 +92,29 @@ def test_passkey_sign_in_refuses_unknown_credentials(client):
     r = client.post("/auth/passkey", json={"credential": fake})
     assert r.status_code == 401
     assert client.get("/api/me").status_code == 401
+
+
+def test_a_replayed_challenge_cookie_finds_nothing_to_spend(app, client):
+    """The challenge is spent on the server: an old copy of the flow cookie is worth nothing,
+    and one not answered within five minutes has expired."""
+    fake = {
+        "id": "AAAA",
+        "rawId": "AAAA",
+        "type": "public-key",
+        "response": {"clientDataJSON": "e30", "authenticatorData": "AA", "signature": "AA"},
+    }
+    client.post("/auth/passkey/options", json={})
+    saved = client.get_cookie("waybill_flow").value
+    assert client.post("/auth/passkey", json={"credential": fake}).status_code == 401
+    client.set_cookie("waybill_flow", saved)  # the attacker's copy of the cookie
+    r = client.post("/auth/passkey", json={"credential": fake})
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "no_challenge"
+
+    client.post("/auth/passkey/options", json={})
+    with session_scope(app.extensions["waybill.engine"]) as s:
+        s.exec(sa.update(PasskeyChallenge).values(expires_at=utcnow() - timedelta(seconds=1)))
+    r = client.post("/auth/passkey", json={"credential": fake})
+    assert r.status_code == 400 and "expired" in r.get_json()["error"]["message"]
 
 
 def test_another_customers_passkey_cannot_be_removed(app, client, auth, merchant):

@@ -14,6 +14,7 @@ from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, make_merchant
 from waybill import create_app
 from waybill.auth import sessions
+from waybill.auth.tokens import keyed_digest
 from waybill.cli import main
 from waybill.db import session_scope
 from waybill.models import ApiKey, AuthSession, utcnow
@@ -266,3 +267,72 @@ def test_another_merchants_or_customers_order_is_not_found(app, client, merchant
     r = client.get(f"/api/me/orders/{order['id']}")
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
     assert all(o["id"] != order["id"] for o in client.get("/api/me/orders").get_json()["orders"])
+
+
+# --- the CSRF token: derived from the session's id with the server secret, never stored ----
+
+
+def _stored_session(app: Flask) -> AuthSession:
+    with session_scope(app.extensions["waybill.engine"]) as session:
+        return session.exec(select(AuthSession).where(AuthSession.revoked_at.is_(None))).one()  # type: ignore[union-attr]
+
+
+def test_the_csrf_token_is_not_in_the_database(app, auth, merchant, settings):
+    merchant.create_order(email="derived@example.com")
+    token = auth.sign_in("derived@example.com")
+    assert auth.client.get("/api/me").get_json()["csrf_token"] == token  # the same on every ask
+    row = _stored_session(app)
+    assert row.csrf_token != token
+    stored = b"".join(p.read_bytes() for p in settings.instance_dir.glob("waybill.db*"))
+    assert token.encode() not in stored  # nowhere in the file or its write-ahead log
+    sid = auth.client.get_cookie("waybill_session").value
+    assert sid.encode() not in stored  # and neither is what it is derived from
+
+
+def test_a_csrf_token_made_from_the_database_row_is_refused(app, auth, merchant, settings):
+    merchant.create_order(email="forge@example.com")
+    token = auth.sign_in("forge@example.com")
+    row = _stored_session(app)
+    secret = settings.secret_key  # even with the server secret: the row has only the id's hash
+    forged = [
+        row.csrf_token,  # the column as stored (kept in the schema for now)
+        row.id_hash,
+        keyed_digest(secret, "csrf", row.id_hash),
+        keyed_digest(secret, "csrf", str(row.id)),
+    ]
+    for guess in forged:
+        r = auth.client.delete(f"/api/me/sessions/{row.id}", headers={"X-CSRF-Token": guess})
+        assert r.status_code == 403, guess
+        assert r.get_json()["error"]["code"] == "csrf"
+    assert auth.client.get("/api/me").status_code == 200  # nothing was signed out
+    r = auth.client.delete(f"/api/me/sessions/{row.id}", headers={"X-CSRF-Token": token})
+    assert r.status_code == 204  # the token from GET /api/me works
+
+
+def test_each_session_has_its_own_csrf_token_and_it_needs_the_server_secret(
+    app, merchant, instance_dir
+):
+    merchant.create_order(email="own@example.com")
+    phone, phone_auth = _browser(app, PHONE)
+    laptop, laptop_auth = _browser(app, LAPTOP)
+    phone_token = phone_auth.sign_in("own@example.com")
+    laptop_token = laptop_auth.sign_in("own@example.com")
+    assert phone_token != laptop_token
+    r = phone.put(
+        "/api/me/preferences", json={}, headers={"X-CSRF-Token": laptop_token}
+    )  # another session's token
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "csrf"
+
+    stale = phone_token
+    phone_auth.sign_in("own@example.com")  # a new session id: a new token
+    r = phone.delete("/api/me/sessions", headers={"X-CSRF-Token": stale})
+    assert r.status_code == 403
+
+    other_secret = create_app(make_settings(instance_dir, secret_key="another-secret-key"))
+    try:
+        other = other_secret.test_client()
+        other.set_cookie("waybill_session", laptop.get_cookie("waybill_session").value)
+        assert other.get("/api/me").get_json()["csrf_token"] != laptop_token
+    finally:
+        other_secret.extensions["waybill.broker"].close()
+        other_secret.extensions["waybill.engine"].dispose()

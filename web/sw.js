@@ -6,6 +6,12 @@ const API = 'waybill-api'; // last answers, kept across versions; cleared when t
 const META = 'waybill-meta'; // where this browser's push subscription is registered
 const EXPECTED = [SHELL, API, META];
 const APP_PAGE = /^\/($|t\/[^/]+\/?$|orders\/\d+\/?$|settings\/?$|sign-in\/?$)/;
+// The customer's own answers (/api/me…) are shown offline for at most 7 days after they were
+// fetched (their X-Waybill-Stored-At): enough for a trip without signal, and a device that was
+// signed out remotely while offline stops showing that customer's orders a week later at the
+// latest. Back online, the first 401 from any /api/me… request forgets them at once.
+const PERSONAL_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
+const isPersonal = (url) => new URL(url).pathname.startsWith('/api/me');
 
 self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
@@ -40,6 +46,8 @@ self.addEventListener('fetch', (event) => {
   if (request.method !== 'GET') {
     // Signing in or out changes whose answers may be shown offline: forget them first.
     if (url.pathname.startsWith('/auth/')) event.respondWith(forgetCustomer().then(() => fetch(request)));
+    // A write refused with 401: this browser is signed out (perhaps from another device).
+    else if (isPersonal(request.url)) event.respondWith(forgetOn401(fetch(request)));
     return;
   }
   if (url.pathname.startsWith('/api/track/') || url.pathname.startsWith('/api/me')) {
@@ -67,9 +75,26 @@ async function networkFirst(request) {
     return response;
   } catch (err) {
     const hit = await cache.match(request);
+    if (hit && isPersonal(request.url) && tooOld(hit)) {
+      await cache.delete(request);
+      throw err;
+    }
     if (hit) return hit;
     throw err;
   }
+}
+
+/** A kept personal answer past PERSONAL_MAX_AGE_MS (or stamped in the future: the clock was
+ * set back) is not shown. */
+function tooOld(response) {
+  const stored = Number(response.headers.get('X-Waybill-Stored-At'));
+  return !Number.isFinite(stored) || Math.abs(Date.now() - stored) > PERSONAL_MAX_AGE_MS;
+}
+
+async function forgetOn401(pending) {
+  const response = await pending;
+  if (response.status === 401) await forgetCustomer();
+  return response;
 }
 
 async function forgetCustomer() {

@@ -56,7 +56,7 @@ def init() -> None:
 
     settings = _settings()
     engine = _engine(settings)
-    migrate(engine)
+    migrate(engine, secret_key=settings.secret_key)  # seals the tracking tokens of old orders
     click.echo(f"database ready: {engine.url.render_as_string(hide_password=True)}")
     from waybill.notify.webpush import load_vapid
 

@@ -22,9 +22,11 @@ the typed value, so both ways share one set of checks.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -297,12 +299,26 @@ def _instance_secret(instance_dir: Path, name: str) -> str:
     path = instance_dir / name
     if path.exists():
         return path.read_text().strip()
-    instance_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(instance_dir)
     value = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return value
+
+
+def private_dir(path: Path) -> None:
+    """Make the instance directory ``path`` mode 0700, or narrow it to 0700 when it exists with
+    wider permissions: it holds the secret key, the VAPID key and the SQLite database."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except OSError as exc:  # not ours to change: say so, and go on
+            logging.getLogger("waybill").warning(
+                "instance directory %s is mode %04o, not 0700: %s", path, mode, exc
+            )
 
 
 def _load_dotenv(env: dict[str, str], path: str) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +18,7 @@ from flask import Flask, current_app, g, request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from waybill.config import ConfigError, Settings
+from waybill.config import ConfigError, Settings, private_dir
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -32,19 +36,48 @@ def create_engine(settings: Settings) -> Engine:
     url = settings.database_url
     if settings.is_sqlite:
         path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db_file = Path(path) if path and path != ":memory:" else None
+        if db_file is not None:
+            _private_database(db_file, settings.instance_dir)
         engine = sa.create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30, "factory": SQLiteConnection},
             pool_size=20,
         )
         lock = write_lock(path)
-        sa.event.listen(engine, "connect", lambda conn, _: _sqlite_pragmas(conn, lock))
+        sa.event.listen(engine, "connect", lambda conn, _: _sqlite_pragmas(conn, lock, db_file))
         sa.event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     return engine
+
+
+def _private_database(db_file: Path, instance_dir: Path) -> None:
+    """The SQLite file is made mode 0600 before SQLite makes it (with the process's umask,
+    0644 as a rule), in a 0700 directory. SQLite gives the ``-wal`` and ``-shm`` files it makes
+    beside it the database file's own mode, so they are 0600 too."""
+    parent = db_file.parent
+    if parent.resolve() == Path(instance_dir).resolve():
+        private_dir(parent)
+    else:  # a directory of the operator's choosing: made private if new, else left alone
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    _narrow_database_files(db_file)
+
+
+def _narrow_database_files(db_file: Path) -> None:
+    """The database, ``-wal`` and ``-shm`` files narrowed to 0600 where they are wider (files
+    made by an older version, or a database file made again by SQLite after a deletion)."""
+    for name in (str(db_file), f"{db_file}-wal", f"{db_file}-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours to change: say so, and go on
+            logging.getLogger("waybill").warning("%s is not mode 0600: %s", name, exc)
 
 
 def write_lock(path: str) -> threading.RLock:
@@ -118,7 +151,9 @@ def _sqlite_begin(conn: sa.Connection) -> None:
         raise
 
 
-def _sqlite_pragmas(dbapi_conn, lock) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn, lock, db_file) -> None:  # type: ignore[no-untyped-def]
+    if db_file is not None:  # before journal_mode=WAL makes -wal and -shm with the file's mode
+        _narrow_database_files(db_file)
     dbapi_conn.isolation_level = None  # let the "begin" listener issue BEGIN
     dbapi_conn.write_lock = lock
     cur = dbapi_conn.cursor()
@@ -141,20 +176,38 @@ def check_connection(engine: Engine) -> None:
         ) from None
 
 
-def alembic_config(engine: Engine) -> AlembicConfig:
+def alembic_config(engine: Engine, secret_key: str | None = None) -> AlembicConfig:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = engine
+    if secret_key:
+        cfg.attributes["secret_key"] = secret_key
     return cfg
 
 
-def migrate(engine: Engine) -> None:
-    """Create the schema, or bring an existing one up to date, keeping its data."""
+def migrate(engine: Engine, *, secret_key: str | None = None) -> None:
+    """Create the schema, or bring an existing one up to date, keeping its data.
+
+    ``secret_key`` is the server's: migration 0003 seals the tracking tokens of existing
+    orders with it, and refuses to run without it on a database that has orders."""
     from alembic import command
 
-    command.upgrade(alembic_config(engine), "heads")
+    command.upgrade(alembic_config(engine, secret_key), "heads")
+    if engine.dialect.name == "sqlite":
+        # Page versions an upgrade replaced (the plain tokens before 0003) leave the WAL and
+        # the database file now: a copy of the file alone must not hold them.
+        raw = engine.raw_connection()  # autocommit: a checkpoint runs outside a transaction
+        try:
+            cursor = raw.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = cursor.fetchone()
+            cursor.close()
+            if busy and busy[0]:
+                logging.getLogger("waybill").warning("WAL checkpoint after migrating was busy")
+        finally:
+            raw.close()
 
 
 def init_app(app: Flask, engine: Engine) -> None:

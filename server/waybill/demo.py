@@ -24,7 +24,7 @@ def seed(*, session: Session, settings: Settings) -> list[str]:
     if shop is None:
         shop, key = create_merchant(session=session, name=DEMO_SHOP)
         lines.append(f"demo merchant {shop.id}, API key (shown once): {key}")
-        _orders(session, shop)
+        _orders(session, shop, settings.secret_key)
     customer = login.find_customer(session, DEMO_EMAIL)
     assert customer is not None
     issued = login.issue(session=session, customer=customer, secret=settings.secret_key)
@@ -33,7 +33,7 @@ def seed(*, session: Session, settings: Settings) -> list[str]:
     return lines
 
 
-def _orders(session: Session, shop: Merchant) -> None:
+def _orders(session: Session, shop: Merchant, secret_key: str) -> None:
     now = utcnow()
     customer = {
         "email": DEMO_EMAIL,
@@ -51,7 +51,7 @@ def _orders(session: Session, shop: Merchant) -> None:
                 "placed_at": (now - timedelta(days=days_ago)).isoformat(),
             }
         )
-        return create_order(session=session, merchant=shop, data=data)[0]
+        return create_order(session=session, merchant=shop, data=data, secret_key=secret_key)[0]
 
     def ship(o, carrier: str, number: str, eta_days: float | None):  # type: ignore[no-untyped-def]
         eta = (now + timedelta(days=eta_days)).isoformat() if eta_days is not None else None

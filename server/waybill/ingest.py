@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 
 from waybill.api.schemas import OrderCreate, OrderEventCreate, ShipmentCreate, ShipmentEventCreate
 from waybill.auth.login import normalise_email
-from waybill.auth.tokens import digest, new_token
+from waybill.auth.tokens import new_tracking_token
 from waybill.models import Change, Customer, Merchant, Order, Shipment, TrackingEvent, utcnow
 from waybill.notify import outbox
 from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status
@@ -54,7 +54,9 @@ def upsert_customer(
     if customer is None:
         customer = Customer(email=email, name=name, locale=locale, timezone=timezone)
     else:
-        customer.name = name or customer.name
+        # The first name and locale given stay: another merchant's order never rewrites what
+        # a customer (or the merchant who told us first) sees.
+        customer.name = customer.name or name
         customer.locale = customer.locale or locale
         customer.timezone = customer.timezone or timezone
     session.add(customer)
@@ -62,8 +64,13 @@ def upsert_customer(
     return customer
 
 
-def create_order(*, session: Session, merchant: Merchant, data: OrderCreate) -> tuple[Order, bool]:
-    """Create the order, or return the existing one for a retried identical request."""
+def create_order(
+    *, session: Session, merchant: Merchant, data: OrderCreate, secret_key: str
+) -> tuple[Order, bool]:
+    """Create the order, or return the existing one for a retried identical request.
+
+    ``secret_key`` (the server's) seals the tracking token: the row keeps no token it could
+    be opened with."""
     fingerprint = body_hash(data)
     existing = session.exec(
         select(Order).where(Order.merchant_id == merchant.id, Order.external_id == data.external_id)
@@ -79,13 +86,16 @@ def create_order(*, session: Session, merchant: Merchant, data: OrderCreate) -> 
         locale=data.customer.locale,
         timezone=data.customer.timezone,
     )
-    token = new_token(24)
+    _, sealed, token_hash = new_tracking_token(secret_key)
     order = Order(
         merchant_id=merchant.id,
         customer_id=customer.id,  # type: ignore[arg-type]
         external_id=data.external_id,
-        tracking_token=token,
-        tracking_token_hash=digest(token),
+        customer_name=data.customer.name,
+        customer_locale=data.customer.locale,
+        customer_timezone=data.customer.timezone,
+        tracking_token_sealed=sealed,
+        tracking_token_hash=token_hash,
         status=Status.CONFIRMED,
         items=[i.model_dump(exclude_none=True) for i in data.items],
         request_hash=fingerprint,

@@ -78,7 +78,13 @@ class Order(SQLModel, table=True):
     merchant_id: str = Field(foreign_key="merchant.id", index=True, max_length=40)
     customer_id: int = Field(foreign_key="customer.id", index=True)
     external_id: str = Field(max_length=200)
-    tracking_token: str = Field(max_length=64)
+    # What this order's merchant said about its customer: shown to that merchant alone, never
+    # to another; the customer's own saved settings win over it everywhere else.
+    customer_name: str | None = Field(default=None, max_length=200)
+    customer_locale: str | None = Field(default=None, max_length=35)
+    customer_timezone: str | None = Field(default=None, max_length=64)
+    # sealed with the server key (auth.tokens): only the server opens it, to build the link
+    tracking_token_sealed: str = Field(max_length=200)
     tracking_token_hash: str = Field(unique=True, max_length=64)
     status: str = Field(default="confirmed", max_length=32)
     items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))

@@ -20,6 +20,7 @@ from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, free_port
 from tests.conftest import make_settings
 from waybill import create_app
 from waybill.auth import login
+from waybill.auth.tokens import tracking_token
 from waybill.db import create_engine, migrate, session_scope
 from waybill.demo import DEMO_EMAIL, seed
 from waybill.models import Order
@@ -43,7 +44,7 @@ def main(out: Path) -> None:
             moving = next(
                 (o for o in orders if o.status in ("in_transit", "out_for_delivery")), orders[0]
             )
-            token, order_id = moving.tracking_token, moving.id
+            token, order_id = tracking_token(settings.secret_key, moving), moving.id
         engine.dispose()
         app = create_app(settings)
 

@@ -1,4 +1,8 @@
-"""The customer's signed-in browsers: list them, sign one out, or sign out everywhere."""
+"""The customer's signed-in browsers: list them, sign one out, or sign out everywhere.
+
+Signing a browser out also removes the push subscriptions registered from it (signing out
+everywhere: all of the customer's) and closes its live sockets at once (``sessions.revoke``,
+``sessions.close_sockets``)."""
 
 from __future__ import annotations
 
@@ -129,10 +133,11 @@ def revoke_session(session_id: int) -> Any:
     target = next((s for s in _active(me.customer_id) if s.id == session_id), None)
     if target is None or session_id > MAX_ID:
         raise not_found("session")
-    target.revoked_at = utcnow()
     db = get_session()
-    db.add(target)
+    # its push subscriptions go too, and its sockets close now (not at the next keepalive)
+    ended = sessions.revoke(session=db, ended=[target])
     db.commit()
+    sessions.close_sockets(ended, customer_id=me.customer_id)
     response = make_response("", 204)
     if target.id == me.id:
         g.auth_session = None
@@ -149,12 +154,13 @@ def revoke_session(session_id: int) -> Any:
 )
 def revoke_all_sessions() -> Any:
     me = _me()
-    now = utcnow()
     db = get_session()
-    for s in _active(me.customer_id):
-        s.revoked_at = now
-        db.add(s)
+    # every push subscription of the account goes too, and every socket closes now
+    ended = sessions.revoke(
+        session=db, ended=_active(me.customer_id), every_device_of=me.customer_id
+    )
     db.commit()
+    sessions.close_sockets(ended, customer_id=me.customer_id)
     g.auth_session = None
     response = make_response("", 204)
     sessions.clear_cookie(response)

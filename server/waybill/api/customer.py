@@ -73,6 +73,7 @@ def my_orders() -> Any:
         db,
         orders,
         base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
+        secret_key=current_app.config["WAYBILL_SETTINGS"].secret_key,
         language=language_of(customer),
     )
     return jsonify(orders=[o.model_dump(mode="json") for o in rendered])
@@ -95,6 +96,7 @@ def my_order(order_id: int) -> Any:
         db,
         order,
         base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
+        secret_key=current_app.config["WAYBILL_SETTINGS"].secret_key,
         language=language_of(customer),
     )
     return jsonify(rendered.model_dump(mode="json"))

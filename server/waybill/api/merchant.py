@@ -69,8 +69,13 @@ def _order(order_id: int) -> Order:
 
 def _answer(order: Order, status: int) -> Any:
     db = get_session()
+    settings = current_app.config["WAYBILL_SETTINGS"]
     body = render_order(
-        db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url, merchant_view=True
+        db,
+        order,
+        base_url=settings.base_url,
+        secret_key=settings.secret_key,
+        merchant_view=True,
     )
     return jsonify(body.model_dump(mode="json")), status
 
@@ -100,7 +105,12 @@ _ORDER_RESPONSES: dict[int, Any] = {200: MerchantOrderPublic, 201: MerchantOrder
 def post_order() -> Any:
     data = parse_body(OrderCreate)
     try:
-        order, created = create_order(session=get_session(), merchant=_merchant(), data=data)
+        order, created = create_order(
+            session=get_session(),
+            merchant=_merchant(),
+            data=data,
+            secret_key=current_app.config["WAYBILL_SETTINGS"].secret_key,
+        )
     except Conflict:
         raise ApiError(
             409,
@@ -132,6 +142,9 @@ def _encode_cursor(order_id: int) -> str:
     return base64.urlsafe_b64encode(str(order_id).encode()).decode().rstrip("=")
 
 
+LIST_PARAMETERS = frozenset({"external_id", "status", "cursor", "limit"})
+
+
 @bp.get("/orders")
 @operation(
     "This merchant's orders, newest first",
@@ -147,7 +160,11 @@ def _encode_cursor(order_id: int) -> str:
 )
 def list_orders() -> Any:
     args = request.args
-    fields: dict[str, str] = {}
+    fields: dict[str, str] = {
+        name or "(no name)": "not a query parameter of this request"
+        for name in args
+        if name not in LIST_PARAMETERS
+    }
     try:
         limit = int(args.get("limit", "20"))
         if not 1 <= limit <= 100:
@@ -175,8 +192,13 @@ def list_orders() -> Any:
     page = list(db.exec(query.order_by(Order.id.desc()).limit(limit + 1)))  # type: ignore[union-attr]
     more = len(page) > limit
     page = page[:limit]
+    settings = current_app.config["WAYBILL_SETTINGS"]
     rendered = render_orders(
-        db, page, base_url=current_app.config["WAYBILL_SETTINGS"].base_url, merchant_view=True
+        db,
+        page,
+        base_url=settings.base_url,
+        secret_key=settings.secret_key,
+        merchant_view=True,
     )
     return jsonify(
         orders=[o.model_dump(mode="json") for o in rendered],
@@ -214,7 +236,8 @@ def post_shipment(order_id: int) -> Any:
     db = get_session()
     shipment = add_shipment(session=db, order=order, data=data)
     _commit()
-    rendered = render_order(db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url)
+    settings = current_app.config["WAYBILL_SETTINGS"]
+    rendered = render_order(db, order, base_url=settings.base_url, secret_key=settings.secret_key)
     body = next(s for s in rendered.shipments if s.id == shipment.id)
     return jsonify(
         ShipmentCreated(**body.model_dump(), order_id=order.id).model_dump(mode="json")

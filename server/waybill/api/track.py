@@ -38,5 +38,6 @@ def tracked_order(session: Session, token: str) -> Order:
 def track(token: str) -> Any:
     db = get_session()
     order = tracked_order(db, token)
-    rendered = render_order(db, order, base_url=current_app.config["WAYBILL_SETTINGS"].base_url)
+    settings = current_app.config["WAYBILL_SETTINGS"]
+    rendered = render_order(db, order, base_url=settings.base_url, secret_key=settings.secret_key)
     return jsonify(rendered.model_dump(mode="json"))

@@ -21,12 +21,13 @@ from waybill.api.schemas import (
     PackagesPublic,
     ShipmentPublic,
 )
+from waybill.auth.tokens import tracking_token
 from waybill.models import Change, Customer, Merchant, Order, Shipment, TrackingEvent
 from waybill.tracking.statuses import Status, label, package_summary
 
 
-def tracking_url(base_url: str, order: Order) -> str:
-    return f"{base_url}/t/{order.tracking_token}"
+def tracking_url(base_url: str, secret_key: str, order: Order) -> str:
+    return f"{base_url}/t/{tracking_token(secret_key, order)}"
 
 
 def _event(e: TrackingEvent, lang: str) -> EventPublic:
@@ -44,6 +45,7 @@ def render_orders(
     orders: Sequence[Order],
     *,
     base_url: str,
+    secret_key: str,
     merchant_view: bool = False,
     language: str = "en",
 ) -> list[OrderPublic]:
@@ -94,7 +96,7 @@ def render_orders(
             status=order.status,
             status_label=label(order.status, language),
             merchant=MerchantPublic(id=merchant.id, name=merchant.name),
-            tracking_url=tracking_url(base_url, order),
+            tracking_url=tracking_url(base_url, secret_key, order),
             items=[ItemPublic(**i) for i in order.items],
             packages=PackagesPublic(
                 total=summary.total, delivered=summary.delivered, summary=summary.text(language)
@@ -122,7 +124,11 @@ def render_orders(
         if merchant_view:
             c = customers[order.customer_id]
             out.append(
-                MerchantOrderPublic(**fields, customer=CustomerPublic(email=c.email, name=c.name))
+                MerchantOrderPublic(
+                    **fields,
+                    # the name this merchant gave, never one another merchant sent
+                    customer=CustomerPublic(email=c.email, name=order.customer_name),
+                )
             )
         else:
             out.append(OrderPublic(**fields))

@@ -1,4 +1,5 @@
-"""Tables of the sign-in methods beyond email: passkeys (WebAuthn credentials)."""
+"""Tables of the sign-in methods beyond email: passkeys (WebAuthn credentials) and the
+challenges of their ceremonies."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import datetime
 
 from sqlmodel import JSON, Column, Field, SQLModel
 
-from waybill.models import created, ts
+from waybill.models import UTCDateTime, created, ts
 
 
 class Passkey(SQLModel, table=True):
@@ -23,3 +24,15 @@ class Passkey(SQLModel, table=True):
     name: str = Field(max_length=100)
     created_at: datetime = created()
     last_used_at: datetime | None = ts(nullable=True)
+
+
+class PasskeyChallenge(SQLModel, table=True):
+    """A WebAuthn challenge handed out and not yet answered: used once, then deleted; one that
+    was never answered expires. Kept by its hash."""
+
+    __tablename__ = "passkey_challenge"
+
+    challenge_hash: str = Field(primary_key=True, max_length=64)  # SHA-256 hex
+    purpose: str = Field(max_length=16)  # register | authenticate
+    customer_id: int | None = Field(default=None, foreign_key="customer.id")  # register only
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))

@@ -1,19 +1,24 @@
 """Passkeys (WebAuthn, the ``webauthn`` package): add one once signed in, then sign in with it.
 
 Passkeys are discoverable credentials: signing in asks for no address, the authenticator
-offers the accounts it holds for this site. Each ceremony's challenge is kept in Flask's
-signed cookie (``waybill_flow``) and used once. Only public keys are stored.
+offers the accounts it holds for this site. Each ceremony's challenge is kept on the server
+(``passkey_challenge``, by its hash, for five minutes) and in Flask's signed cookie
+(``waybill_flow``), and is spent on the server when it is answered: it works once. Only
+public keys are stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, make_response, request, session
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlmodel import select
+from sqlmodel import col, select
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
@@ -34,7 +39,7 @@ from waybill.api.errors import ApiError, not_found
 from waybill.api.schemas import SignedIn
 from waybill.api.spec import operation, parse_body
 from waybill.auth import sessions
-from waybill.auth.models import Passkey
+from waybill.auth.models import Passkey, PasskeyChallenge
 from waybill.config import Settings
 from waybill.db import get_session
 from waybill.models import Customer, utcnow
@@ -100,12 +105,50 @@ def _ceremony_failed(exc: Exception) -> ApiError:
     )
 
 
-def _challenge(key: str) -> bytes:
-    """This browser's pending challenge for ``key``, removed so that it works once."""
+CHALLENGE_LIFETIME = timedelta(minutes=5)
+
+
+def _offer(key: str, challenge: bytes, customer_id: int | None = None) -> None:
+    """Remember a challenge handed out: on the server (single use, expiring) and in this
+    browser's signed cookie (so that it is answered by the browser that asked)."""
+    db = get_session()
+    now = utcnow()
+    db.exec(  # type: ignore[call-overload]
+        sa.delete(PasskeyChallenge).where(col(PasskeyChallenge.expires_at) < now)
+    )
+    db.add(
+        PasskeyChallenge(
+            challenge_hash=hashlib.sha256(challenge).hexdigest(),
+            purpose=key,
+            customer_id=customer_id,
+            expires_at=now + CHALLENGE_LIFETIME,
+        )
+    )
+    db.commit()
+    session[key] = bytes_to_base64url(challenge)
+
+
+def _challenge(key: str, customer_id: int | None = None) -> bytes:
+    """This browser's pending challenge for ``key``, spent on the server so that it works
+    once: a replayed cookie (or a copy of it) finds nothing to spend."""
     value = session.pop(key, None)
     if not isinstance(value, str):
         raise ApiError(400, "no_challenge", "ask for options first, then answer them once")
-    return base64url_to_bytes(value)
+    challenge = base64url_to_bytes(value)
+    spent = get_session().exec(  # type: ignore[call-overload]
+        sa.delete(PasskeyChallenge).where(
+            col(PasskeyChallenge.challenge_hash) == hashlib.sha256(challenge).hexdigest(),
+            col(PasskeyChallenge.purpose) == key,
+            col(PasskeyChallenge.customer_id) == customer_id
+            if customer_id is not None
+            else col(PasskeyChallenge.customer_id).is_(None),
+            col(PasskeyChallenge.expires_at) >= utcnow(),
+        )
+    )
+    get_session().commit()  # spent even if the answer then fails to verify
+    if spent.rowcount != 1:
+        raise ApiError(400, "no_challenge", "this challenge was used or has expired: ask again")
+    return challenge
 
 
 # --- managing passkeys (signed in) --------------------------------------------------------
@@ -166,7 +209,7 @@ def registration_options() -> Any:
             PublicKeyCredentialDescriptor(id=base64url_to_bytes(p.credential_id)) for p in existing
         ],
     )
-    session[_REGISTER] = bytes_to_base64url(options.challenge)
+    _offer(_REGISTER, options.challenge, customer.id)
     session[_REGISTER + "_handle"] = handle
     return current_app.response_class(options_to_json(options), mimetype="application/json")
 
@@ -182,7 +225,7 @@ def registration_options() -> Any:
 def add_passkey() -> Any:
     data = parse_body(PasskeyRegistration)
     customer = _customer()
-    challenge = _challenge(_REGISTER)
+    challenge = _challenge(_REGISTER, customer.id)
     handle = session.pop(_REGISTER + "_handle", None)
     rp_id, origin = _relying_party()
     try:
@@ -239,7 +282,7 @@ def authentication_options() -> Any:
     options = generate_authentication_options(
         rp_id=rp_id, user_verification=UserVerificationRequirement.PREFERRED
     )
-    session[_AUTHENTICATE] = bytes_to_base64url(options.challenge)
+    _offer(_AUTHENTICATE, options.challenge)
     return current_app.response_class(options_to_json(options), mimetype="application/json")
 
 

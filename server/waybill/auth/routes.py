@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from flask import (
     Blueprint,
+    Flask,
     Response,
     current_app,
     jsonify,
@@ -23,7 +23,7 @@ from waybill.api.schemas import CodeSignIn, EmailSignIn, Sent, SignedIn
 from waybill.api.spec import operation, parse_body
 from waybill.auth import login, sessions
 from waybill.config import Settings
-from waybill.db import get_session
+from waybill.db import get_session, session_scope
 from waybill.notify import mail
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -44,14 +44,25 @@ def sign_in_mail(settings: Settings, to: str, issued: login.IssuedLogin) -> Any:
     )
 
 
-def _send_in_background(settings: Settings, msg: Any) -> None:
-    def run() -> None:
-        try:
-            mail.send(settings, msg)
-        except Exception:
-            log.exception("could not send the sign-in mail")
+def _mail_sign_in(job: tuple[Flask, str]) -> None:
+    """After the answer: look the address up and, for a customer, issue a code and mail it."""
+    app, address = job
+    settings: Settings = app.config["WAYBILL_SETTINGS"]
+    with app.app_context():
+        with session_scope(app.extensions["waybill.engine"]) as db:
+            customer = login.find_customer(db, address)
+            if customer is None:
+                return  # nobody to mail, and nothing to tell the asker
+            issued = login.issue(session=db, customer=customer, secret=settings.secret_key)
+            to = customer.email
+        msg = sign_in_mail(settings, to, issued)  # committed first: the code works once mailed
+    mail.send(settings, msg)
 
-    threading.Thread(target=run, name="sign-in-mail", daemon=True).start()
+
+# One worker per process; every app of the process (tests make many) shares it.
+_sign_in_mails: login.BackgroundQueue[tuple[Flask, str]] = login.BackgroundQueue(
+    _mail_sign_in, name="sign-in-mail"
+)
 
 
 @bp.post("/email")
@@ -65,14 +76,11 @@ def email() -> Any:
             raise ApiError(422, "invalid", "not an email address", validation_fields(exc)) from None
     else:
         data = parse_body(EmailSignIn)
-    settings: Settings = current_app.config["WAYBILL_SETTINGS"]
-    db = get_session()
-    customer = login.find_customer(db, data.email)
-    if customer is not None:
-        issued = login.issue(session=db, customer=customer, secret=settings.secret_key)
-        db.commit()
-        # Sent after answering, so that the answer takes as long for unknown addresses.
-        _send_in_background(settings, sign_in_mail(settings, customer.email, issued))
+    # Whether the address is a customer's is found out only after answering, by the worker:
+    # the request does the same work, and takes as long, for every address (no timing oracle).
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not _sign_in_mails.put((app, data.email)):
+        log.warning("sign-in mail queue full (%d waiting): one request dropped", login.QUEUE_SIZE)
     if form_post:
         return render_template("check_mail.html", email=data.email), 202
     return jsonify(sent=True), 202

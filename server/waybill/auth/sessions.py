@@ -1,31 +1,56 @@
-"""Customer sessions, stored server-side: the cookie holds a random id, the table its hash."""
+"""Customer sessions, stored server-side: the cookie holds a random id, the table its hash.
+
+The CSRF token is derived, never stored: an HMAC of the cookie's id with the server secret.
+The database holds only the id's hash, so a copy of it can forge no request.
+
+Ending a sign-in (signing out, signing one device or every device out, or signing in as
+someone else on the same browser) also removes the push subscriptions registered through it
+and closes its live sockets at once, on every worker.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import Response, current_app, g, request
+from flask import Response, after_this_request, current_app, g, request
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
-from waybill.auth.tokens import digest, new_token, same
+from waybill.auth.tokens import digest, keyed_digest, new_token, same
 from waybill.db import get_session, touch
 from waybill.models import AuthSession, Customer, utcnow
 
 COOKIE = "waybill_session"
 IDLE_EXPIRY = timedelta(days=30)
 _SEEN_RESOLUTION = timedelta(minutes=5)
+#: Written into ``auth_session.csrf_token`` (kept in the schema for now): the real token is
+#: derived from the cookie's id (:func:`csrf_token_for`) and never stored.
+NOT_STORED = ""
+
+
+def csrf_token_for(sid: str) -> str:
+    """The CSRF token of the session whose cookie holds ``sid``: HMAC-SHA256 with the server
+    secret. It needs the raw id (the database has only its hash) and the secret."""
+    secret: str = current_app.config["WAYBILL_SETTINGS"].secret_key
+    return keyed_digest(secret, "csrf", sid)
 
 
 def start(*, session: Session, customer: Customer, response: Response) -> AuthSession:
     """Sign ``customer`` in on this browser: a fresh session id, never a reused one."""
-    end_current(session=session)
+    previous = current()
+    # Someone else signing in on this browser: the previous customer's push subscriptions of
+    # this device go with their session. The same customer again keeps them.
+    end_current(
+        session=session,
+        forget_device=previous is not None and previous.customer_id != customer.id,
+    )
     sid = new_token(32)
     auth = AuthSession(
         customer_id=customer.id,  # type: ignore[arg-type]
         id_hash=digest(sid),
-        csrf_token=new_token(24),
+        csrf_token=NOT_STORED,
         user_agent=(request.user_agent.string or "")[:300] or None,
     )
     session.add(auth)
@@ -49,7 +74,9 @@ def set_cookie(response: Response, sid: str) -> None:
 
 
 def current() -> AuthSession | None:
-    """The signed-in session of this request, if any (cached on ``g``)."""
+    """The signed-in session of this request, if any (cached on ``g``).
+
+    Its ``csrf_token`` attribute holds the derived token (set in memory, never written)."""
     if "auth_session" in g:
         return g.auth_session  # type: ignore[no-any-return]
     g.auth_session = None
@@ -65,6 +92,7 @@ def current() -> AuthSession | None:
                     sa.update(AuthSession).where(AuthSession.id == auth.id).values(last_seen_at=now)
                 )
                 g.session_seen_sid = sid  # the cookie's lifetime slides too (see api/account.py)
+            set_committed_value(auth, "csrf_token", csrf_token_for(sid))  # not flushed either
             g.auth_session = auth
     return g.auth_session  # type: ignore[no-any-return]
 
@@ -91,16 +119,83 @@ def require_signed_in() -> Customer:
 
 
 def csrf_ok() -> bool:
-    auth = current()
+    """The request carries the token derived from its own session cookie."""
+    sid = request.cookies.get(COOKIE)
+    if current() is None or not sid:
+        return False
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
-    return auth is not None and bool(sent) and same(sent, auth.csrf_token)
+    return bool(sent) and same(sent, csrf_token_for(sid))
 
 
-def end_current(*, session: Session) -> None:
+# --- ending sign-ins ------------------------------------------------------------------------
+
+
+def revoke(
+    *, session: Session, ended: Iterable[AuthSession], every_device_of: int | None = None
+) -> list[int]:
+    """End these sign-ins now and forget the push subscriptions registered through them.
+
+    ``every_device_of`` (sign out everywhere): every push subscription of that customer goes.
+    Otherwise each ended sign-in's own device's go (see
+    :func:`waybill.notify.subscriptions.of_device`). The caller commits, then calls
+    :func:`close_sockets` with the returned ids."""
+    from waybill.notify import outbox, subscriptions
+
+    now = utcnow()
+    ids: list[int] = []
+    forget: set[int] = set()
+    for auth in ended:
+        auth.revoked_at = now
+        session.add(auth)
+        ids.append(auth.id)  # type: ignore[arg-type]
+        if every_device_of is None:
+            forget |= subscriptions.of_device(
+                session, customer_id=auth.customer_id, user_agent=auth.user_agent
+            )
+    if every_device_of is not None:
+        forget |= subscriptions.of_customer(session, every_device_of)
+    if forget:
+        outbox.forget_subscriptions(session, forget, now=now)
+    return ids
+
+
+def close_sockets(session_ids: Iterable[int], *, customer_id: int | None = None) -> None:
+    """Close (4401) the live sockets of these ended sign-ins at once: this worker's here, and
+    every other worker's through the broker. Call it after the revocation is committed, so
+    that a socket reconnecting meanwhile is refused. (A worker that misses the broker's
+    message still closes them in its next keepalive round, within 25 s.)"""
+    ids = sorted(set(session_ids))
+    if not ids:
+        return
+    from waybill.realtime.hub import SESSIONS_ENDED
+
+    hub = current_app.extensions.get("waybill.hub")
+    if hub is not None:
+        hub.close_sessions(ids, customer_id=customer_id)
+    broker = current_app.extensions.get("waybill.broker")
+    if broker is not None:
+        broker.publish({"type": SESSIONS_ENDED, "ids": ids, "customer_id": customer_id})
+
+
+def end_current(*, session: Session, forget_device: bool = True) -> None:
+    """Sign this browser out. Its push subscriptions go unless ``forget_device`` is False
+    (the same customer signing in again here keeps them); its sockets close once the request
+    has answered (its transaction is committed by then)."""
     auth = current()
     if auth is not None:
-        auth.revoked_at = utcnow()
-        session.add(auth)
+        if forget_device:
+            ended = revoke(session=session, ended=[auth])
+        else:
+            auth.revoked_at = utcnow()
+            session.add(auth)
+            ended = [auth.id]  # type: ignore[list-item]
+        customer_id = auth.customer_id
+
+        @after_this_request
+        def _close(response: Response) -> Response:
+            close_sockets(ended, customer_id=customer_id)
+            return response
+
     g.auth_session = None
 
 

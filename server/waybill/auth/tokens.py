@@ -1,10 +1,28 @@
-"""Random tokens and how they are stored: only as hashes, compared in constant time."""
+"""Random tokens and how they are stored: only as hashes, compared in constant time.
+
+The one token the server must show again, an order's tracking token (its link goes into every
+answer, mail and push about the order), is stored sealed: AES-256-GCM under a key derived from
+the server's secret key, bound to the token's hash. The database alone opens no tracking page.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import hashlib
 import hmac
+import os
 import secrets
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+if TYPE_CHECKING:
+    from waybill.models import Order
 
 
 def new_token(nbytes: int = 32) -> str:
@@ -29,3 +47,58 @@ def keyed_digest(secret: str, *parts: str) -> str:
 
 def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+# --- tracking tokens: sealed with the server key ------------------------------------------
+# Migration 0003 seals the tokens of orders made before it with a copy of this code: a change
+# of the format needs a new prefix, and the old one must stay readable.
+
+SEAL_PREFIX = "v1."
+_SEAL_INFO = b"waybill tracking token v1"
+_NONCE = 12
+
+
+class SealError(Exception):
+    """A sealed tracking token does not open with this server's secret key."""
+
+
+@functools.lru_cache(maxsize=4)
+def _tracking_aead(secret: str) -> AESGCM:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEAL_INFO)
+    return AESGCM(key.derive(secret.encode()))
+
+
+def seal_tracking_token(secret: str, token: str) -> str:
+    """The stored form of a tracking token: ``v1.`` + base64url(nonce, ciphertext, tag).
+
+    The token's hash (the lookup column) is the associated data: a sealed value opens only
+    beside the hash it was made for."""
+    nonce = os.urandom(_NONCE)
+    sealed = _tracking_aead(secret).encrypt(nonce, token.encode(), digest(token).encode())
+    return SEAL_PREFIX + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
+
+
+def open_tracking_token(secret: str, sealed: str, token_hash: str) -> str:
+    """The tracking token sealed in ``sealed``; :class:`SealError` when it does not open."""
+    if not sealed.startswith(SEAL_PREFIX):
+        raise SealError("not a sealed tracking token")
+    body = sealed[len(SEAL_PREFIX) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        plain = _tracking_aead(secret).decrypt(raw[:_NONCE], raw[_NONCE:], token_hash.encode())
+    except (InvalidTag, ValueError, binascii.Error):
+        raise SealError(
+            "a tracking token does not open with this secret key (was WAYBILL_SECRET_KEY changed?)"
+        ) from None
+    return plain.decode()
+
+
+def new_tracking_token(secret: str) -> tuple[str, str, str]:
+    """A new order's tracking token: (token, sealed form, hash). Only the last two are stored."""
+    token = new_token(24)
+    return token, seal_tracking_token(secret, token), digest(token)
+
+
+def tracking_token(secret: str, order: Order) -> str:
+    """The order's tracking token, for its link: opened from the row with the server key."""
+    return open_tracking_token(secret, order.tracking_token_sealed, order.tracking_token_hash)

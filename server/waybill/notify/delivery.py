@@ -3,7 +3,8 @@
 It runs as a background thread inside the server (``settings.run_worker``) or alone through
 ``waybill worker``. Push messages of a batch go out together from one event loop (hundreds in
 flight while the push services take their time to answer); emails go through a small thread
-pool meanwhile; the next batch is claimed and encrypted while the previous one is in flight.
+pool meanwhile, sharing SMTP connections (``mail.RelayPool``); the next batch is claimed and
+encrypted while the previous one is in flight.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from waybill.auth.tokens import open_tracking_token
 from waybill.config import Settings
 from waybill.db import read_engine
 from waybill.models import Customer, Merchant, Order, utcnow
@@ -44,6 +46,8 @@ from waybill.notify.webpush import (
 )
 
 log = logging.getLogger("waybill.notify")
+
+MAIL_THREADS = 8  # mails sent at once, and SMTP connections open at most, per worker
 
 
 def unsubscribe_token(secret: str, customer_id: int) -> str:
@@ -95,7 +99,9 @@ class Worker:
             timeout=push_timeout,
             pool_size=concurrency,
         )
-        self.pool = ThreadPoolExecutor(8, thread_name_prefix="waybill-mail")
+        self.pool = ThreadPoolExecutor(MAIL_THREADS, thread_name_prefix="waybill-mail")
+        # The pool's mails share SMTP connections: one for a batch while the relay keeps up.
+        self.relays = mail.RelayPool(settings, size=MAIL_THREADS)
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -182,6 +188,7 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.relays.close()  # mails still being sent close theirs when done
         self.sender.close()
 
     def _loop(self) -> None:
@@ -227,7 +234,8 @@ class Worker:
                 Od.external_id,
                 Od.merchant_id,
                 Od.customer_id,
-                Od.tracking_token,
+                Od.tracking_token_sealed,
+                Od.tracking_token_hash,
                 Od.estimated_delivery,
                 M.name,
                 C.id,
@@ -251,10 +259,10 @@ class Worker:
         with Session(read_engine(self.engine)) as session:
             joined = session.exec(query).all()  # type: ignore[call-overload]
         rows = [r[0:7] for r in joined]
-        orders = {r[7]: r[7:13] for r in joined if r[7] is not None}
-        merchants = {r[9]: r[13] for r in joined if r[7] is not None}
-        customers = {r[14]: r[14:18] for r in joined if r[14] is not None}
-        subs = {r[18]: r[18:24] for r in joined if r[18] is not None}
+        orders = {r[7]: r[7:14] for r in joined if r[7] is not None}
+        merchants = {r[9]: r[14] for r in joined if r[7] is not None}
+        customers = {r[15]: r[15:19] for r in joined if r[15] is not None}
+        subs = {r[19]: r[19:25] for r in joined if r[19] is not None}
         prefs_of: dict[int, preferences.Preferences] = {}
 
         def prefs_for(customer_id: int) -> preferences.Preferences | None:
@@ -311,7 +319,8 @@ class Worker:
             order = orders.get(order_id)
             if order is None:
                 return _const(outbox.Outcome(row_id, "dropped", "order gone"))
-            _, number, merchant_id, customer_id, tracking_token, estimate = order
+            _, number, merchant_id, customer_id, sealed, token_hash, estimate = order
+            tracking_token = open_tracking_token(self.settings.secret_key, sealed, token_hash)
             facts = content.OrderFacts(
                 order_id=order_id,
                 number=number,
@@ -394,14 +403,20 @@ class Worker:
             return outcome
 
         def attempt() -> outbox.Outcome:
-            # Mail waits its turn on the pool, and a slow relay can outlast the batch's lease;
-            # renew it for this row first, and leave the row alone if another worker took it.
-            if not outbox.renew_lease(
-                self.engine, row_id, owner=token, until=utcnow() + self.lease
-            ):
-                return outbox.Outcome(row_id, "retry", "lease lost to another worker")
+            # One of the worker's SMTP connections, shared with the batch's other mails.
+            with self.relays.borrow() as relay:
+                # Mail waits its turn on the pool and for a connection, and a slow relay can
+                # outlast the batch's lease; renew it for this row first, and leave the row
+                # alone if another worker took it.
+                if not outbox.renew_lease(
+                    self.engine, row_id, owner=token, until=utcnow() + self.lease
+                ):
+                    return outbox.Outcome(row_id, "retry", "lease lost to another worker")
+                return deliver(relay)
+
+        def deliver(relay: mail.Relay) -> outbox.Outcome:
             try:
-                mail.send(self.settings, message)
+                relay.send(message)  # sent again only if it cannot have been taken already
             except smtplib.SMTPRecipientsRefused as exc:
                 return outbox.Outcome(row_id, "rejected", f"recipient refused: {exc}")
             except (smtplib.SMTPException, OSError) as exc:

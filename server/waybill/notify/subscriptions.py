@@ -190,3 +190,36 @@ def find(session: Session, *, scope: str, endpoint: str) -> PushSubscription | N
             PushSubscription.endpoint_hash == endpoint_hash(endpoint),
         )
     ).first()
+
+
+def of_customer(session: Session, customer_id: int) -> set[int]:
+    """Ids of every push subscription of the customer's account (not their tracking links')."""
+    return {
+        i
+        for i in session.exec(
+            select(PushSubscription.id).where(PushSubscription.scope == f"customer:{customer_id}")
+        )
+        if i is not None
+    }
+
+
+def of_device(session: Session, *, customer_id: int, user_agent: str | None) -> set[int]:
+    """Ids of the customer's push subscriptions registered from the browser that signed in
+    with ``user_agent``: those whose device name (:func:`label_for`) is that browser's.
+
+    A subscription does not record the sign-in it was registered through (that needs a
+    ``push_subscription.auth_session_id`` column), so it is matched by its device name, which
+    was taken from the registering request's User-Agent. This errs on the safe side: another
+    signed-in device of the same kind ("Safari on iPhone") of the same customer loses its
+    subscription too (its owner turns push off and on again in Settings)."""
+    label = label_for(user_agent or "")
+    return {
+        i
+        for i in session.exec(
+            select(PushSubscription.id).where(
+                PushSubscription.scope == f"customer:{customer_id}",
+                PushSubscription.label == label,
+            )
+        )
+        if i is not None
+    }

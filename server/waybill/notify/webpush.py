@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 from yarl import URL
 
-from waybill.config import ConfigError, Settings
+from waybill.config import ConfigError, Settings, private_dir
 
 log = logging.getLogger("waybill.webpush")
 
@@ -104,7 +104,7 @@ def load_vapid(settings: Settings, *, create: bool = True) -> VapidKeys:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process made it first: use theirs

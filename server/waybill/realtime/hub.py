@@ -55,6 +55,10 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_BIG = 1009
 
+#: Broker message type: ``{"type": SESSIONS_ENDED, "ids": [...], "customer_id": ...}`` — these
+#: sign-ins are over; every worker closes their sockets at once (:meth:`Hub.close_sessions`).
+SESSIONS_ENDED = "sessions_ended"
+
 PING_FRAME = b"\x89\x00"
 MAX_INCOMING = 4096  # a resume message is ~40 bytes
 DISPATCH_CHUNK = 200  # changes per dispatcher turn; the loop runs others between turns
@@ -254,6 +258,7 @@ class Hub:
         engine: Engine,
         broker: Broker,
         base_url: str,
+        secret_key: str,
         ping_interval: float = 25.0,
         poll_interval: float = 1.0,
         max_pending: int = 512 * 1024,
@@ -265,6 +270,7 @@ class Hub:
         self.engine = engine.execution_options(sqlite_begin="DEFERRED")
         self.broker = broker
         self.base_url = base_url
+        self.secret_key = secret_key  # opens tracking tokens for the links
         self.ping_interval = ping_interval
         self.poll_interval = poll_interval
         self.max_pending = max_pending
@@ -320,9 +326,22 @@ class Hub:
                 conn.close(code, reason, cut_off=False)
         self.kill_later(conns, grace)
 
-    def _on_message(self, _message: Message) -> None:
+    def _on_message(self, message: Message) -> None:
         """Wake the dispatcher. The work is its own: never in the committing request (it would
-        answer only after every socket's frame was rendered) nor in the broker's subscriber."""
+        answer only after every socket's frame was rendered) nor in the broker's subscriber.
+
+        A :data:`SESSIONS_ENDED` message (sign-out on any worker) closes those sessions'
+        sockets here; that is only a few close frames, so it is done in the subscriber."""
+        if message.get("type") == SESSIONS_ENDED:
+            try:
+                ids = [int(i) for i in message.get("ids") or ()]
+                customer = message.get("customer_id")
+                customer_id = int(customer) if customer is not None else None
+            except (TypeError, ValueError):
+                log.warning("ignoring a malformed %s message", SESSIONS_ENDED)
+                return
+            self.close_sessions(ids, customer_id=customer_id)
+            return
         self._wake.set()
 
     def _all(self) -> Iterable[Connection]:
@@ -502,7 +521,13 @@ class Hub:
         """Each order as the JSON of ``GET /api/me/orders/{id}`` / ``/api/track/<token>``."""
         from waybill.api.views import render_orders
 
-        out = render_orders(session, orders, base_url=self.base_url, language=language)
+        out = render_orders(
+            session,
+            orders,
+            base_url=self.base_url,
+            secret_key=self.secret_key,
+            language=language,
+        )
         return {o.id: _json(o.model_dump(mode="json")) for o in out}
 
     # the dispatcher
@@ -650,9 +675,33 @@ class Hub:
 
     # keepalive
 
+    def close_sessions(self, session_ids: Iterable[int], *, customer_id: int | None = None) -> int:
+        """Close (4401) this worker's sockets of these sign-ins now: signing out, signing a
+        device out or signing out everywhere ends what is streaming at once. Whatever was
+        queued for them and not yet sent is dropped, and nothing more goes out. With
+        ``customer_id`` only that customer's sockets are looked at. Returns how many closed."""
+        ended = set(session_ids)
+        if not ended:
+            return 0
+        closed = 0
+        with self.lock:
+            conns = (
+                list(self.by_customer.get(customer_id, ()))
+                if customer_id is not None
+                else list(self._all())
+            )
+            for conn in conns:
+                if conn.scope.session_id in ended and not (conn.closing or conn.closed):
+                    conn.close(CLOSE_UNAUTHORIZED, "signed out", drop=True)
+                    closed += 1
+        return closed
+
     def close_signed_out(self) -> int:
-        """Close (4401) every socket whose sign-in was revoked or expired since it opened:
-        signing out, or "sign out everywhere", also ends what is already streaming."""
+        """Close (4401) every socket whose sign-in was revoked or expired since it opened.
+
+        Signing out closes its sockets at once (:meth:`close_sessions`, on every worker through
+        the broker); this keepalive round is the backstop for idle expiry and for a worker that
+        missed the broker's message (Redis down): within ``ping_interval``."""
         from waybill.auth.sessions import IDLE_EXPIRY
         from waybill.models import AuthSession, utcnow
 
@@ -778,6 +827,7 @@ def init_app(app: Flask) -> Hub:
         engine=app.extensions["waybill.engine"],
         broker=app.extensions["waybill.broker"],
         base_url=settings.base_url,
+        secret_key=settings.secret_key,
     )
     app.extensions["waybill.hub"] = hub
     app.config.setdefault("SOCK_SERVER_OPTIONS", {"thread_class": _NoReaderThread})
