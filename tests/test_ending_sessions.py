@@ -155,6 +155,24 @@ def test_signing_one_device_out_removes_the_push_subscription_registered_from_it
     assert statuses(push, laptop.sub) == ["shipped", "out_for_delivery"]  # the laptop still does
 
 
+def test_signing_one_of_two_alike_devices_out_leaves_the_other_ones_push(
+    app: Flask, merchant: MerchantActions, push: PushService, worker: Worker
+) -> None:
+    """Two phones of the same kind: the subscription remembers the sign-in it came through,
+    so only the signed-out phone's goes (a device name alone could not tell them apart)."""
+    order = merchant.create_order(EMAIL)
+    mine, partners = Device(app, PHONE), Device(app, PHONE)
+    mine.turn_push_on(push)
+    partners.turn_push_on(push)
+    r = mine.client.delete(f"/api/me/sessions/{partners.session_id}", headers=mine.headers)
+    assert r.status_code == 204
+    assert [row.endpoint for row in rows(app)] == [mine.sub.endpoint]  # type: ignore[union-attr]
+    merchant.add_shipment(order["id"])
+    worker.run_until_idle()
+    assert statuses(push, mine.sub) == ["shipped"]
+    assert attempts(push, partners.sub) == 0
+
+
 def test_logout_removes_this_devices_push_subscription_even_when_the_app_could_not(
     app: Flask,
     merchant: MerchantActions,

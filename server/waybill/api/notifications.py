@@ -299,6 +299,7 @@ def add_subscription() -> Any:
         label=subscriptions.label_for(request.user_agent.string),
         language=outbox.customer_preferences(customer).language,
         customer_id=customer.id,
+        auth_session_id=signed_in.id if (signed_in := sessions.current()) else None,
     )
     db.commit()
     return jsonify(_sub_public(sub)), 201

@@ -150,7 +150,10 @@ def revoke(
         ids.append(auth.id)  # type: ignore[arg-type]
         if every_device_of is None:
             forget |= subscriptions.of_device(
-                session, customer_id=auth.customer_id, user_agent=auth.user_agent
+                session,
+                auth_session_id=auth.id,  # type: ignore[arg-type]
+                customer_id=auth.customer_id,
+                user_agent=auth.user_agent,
             )
     if every_device_of is not None:
         forget |= subscriptions.of_customer(session, every_device_of)

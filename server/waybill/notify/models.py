@@ -20,6 +20,10 @@ class PushSubscription(SQLModel, table=True):
     scope: str = Field(max_length=40)  # "customer:<id>" or "order:<id>"
     customer_id: int | None = Field(default=None, foreign_key="customer.id", index=True)
     order_id: int | None = Field(default=None, foreign_key="order.id", index=True)
+    # the sign-in it was registered through: ending that sign-in forgets it
+    auth_session_id: int | None = Field(
+        default=None, foreign_key="auth_session.id", index=True, ondelete="SET NULL"
+    )
     endpoint: str = Field(max_length=2048)
     endpoint_hash: str = Field(max_length=64)
     p256dh: str = Field(max_length=100)

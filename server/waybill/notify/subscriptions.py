@@ -135,8 +135,10 @@ def save(
     language: str,
     customer_id: int | None = None,
     order_id: int | None = None,
+    auth_session_id: int | None = None,
 ) -> tuple[PushSubscription, bool]:
-    """Store the subscription; the same endpoint again only refreshes its keys."""
+    """Store the subscription; the same endpoint again only refreshes its keys (and moves it
+    to the sign-in registering it now)."""
     h = endpoint_hash(endpoint)
     sub = session.exec(
         select(PushSubscription).where(
@@ -155,6 +157,8 @@ def save(
             auth=auth,
         )
     sub.p256dh, sub.auth, sub.label, sub.language = p256dh, auth, label[:100], language
+    if auth_session_id is not None:
+        sub.auth_session_id = auth_session_id
     sub.last_used_at = sub.last_used_at or utcnow()
     session.add(sub)
     session.flush()
@@ -203,22 +207,32 @@ def of_customer(session: Session, customer_id: int) -> set[int]:
     }
 
 
-def of_device(session: Session, *, customer_id: int, user_agent: str | None) -> set[int]:
-    """Ids of the customer's push subscriptions registered from the browser that signed in
-    with ``user_agent``: those whose device name (:func:`label_for`) is that browser's.
+def of_device(
+    session: Session, *, auth_session_id: int, customer_id: int, user_agent: str | None
+) -> set[int]:
+    """Ids of the customer's push subscriptions registered through the sign-in
+    ``auth_session_id``; and, for rows that do not say (registered before that was recorded,
+    or through a sign-in that has since ended), those whose device name (:func:`label_for`) is
+    that browser's. The second rule errs on the safe side: another device of the same kind
+    ("Safari on iPhone") of the same customer may lose its subscription too."""
+    from waybill.models import AuthSession
 
-    A subscription does not record the sign-in it was registered through (that needs a
-    ``push_subscription.auth_session_id`` column), so it is matched by its device name, which
-    was taken from the registering request's User-Agent. This errs on the safe side: another
-    signed-in device of the same kind ("Safari on iPhone") of the same customer loses its
-    subscription too (its owner turns push off and on again in Settings)."""
-    label = label_for(user_agent or "")
+    ended = select(AuthSession.id).where(col(AuthSession.revoked_at).is_not(None))
     return {
         i
         for i in session.exec(
             select(PushSubscription.id).where(
                 PushSubscription.scope == f"customer:{customer_id}",
-                PushSubscription.label == label,
+                sa.or_(
+                    col(PushSubscription.auth_session_id) == auth_session_id,
+                    sa.and_(
+                        PushSubscription.label == label_for(user_agent or ""),
+                        sa.or_(
+                            col(PushSubscription.auth_session_id).is_(None),
+                            col(PushSubscription.auth_session_id).in_(ended),
+                        ),
+                    ),
+                ),
             )
         )
         if i is not None

@@ -1,4 +1,5 @@
-"""orders keep what their merchant said about the customer; passkey challenges on the server
+"""orders keep what their merchant said about the customer; passkey challenges on the server;
+push subscriptions remember the sign-in they were registered through
 
 Revision ID: 0004_order_customer
 Revises: 0003_sealed_tokens
@@ -64,9 +65,25 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_passkey_challenge_expires_at"), "passkey_challenge", ["expires_at"], unique=False
     )
+    with op.batch_alter_table("push_subscription") as batch:
+        batch.add_column(sa.Column("auth_session_id", sa.Integer(), nullable=True))
+        batch.create_index(
+            batch.f("ix_push_subscription_auth_session_id"), ["auth_session_id"], unique=False
+        )
+        batch.create_foreign_key(
+            "fk_push_subscription_auth_session_id",
+            "auth_session",
+            ["auth_session_id"],
+            ["id"],
+            ondelete="SET NULL",
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("push_subscription") as batch:
+        batch.drop_constraint("fk_push_subscription_auth_session_id", type_="foreignkey")
+        batch.drop_index(batch.f("ix_push_subscription_auth_session_id"))
+        batch.drop_column("auth_session_id")
     op.drop_index(op.f("ix_passkey_challenge_expires_at"), table_name="passkey_challenge")
     op.drop_table("passkey_challenge")
     with op.batch_alter_table("order") as batch:
