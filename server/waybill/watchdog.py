@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 log = logging.getLogger("waybill.watchdog")
 
@@ -33,7 +34,9 @@ class LoopWatch:
 
         gevent.config.max_blocking_time = self.warn_after
         gevent.config.monitor_thread = True
-        gevent.get_hub().start_periodic_monitoring_thread()
+        with warnings.catch_warnings():  # "install psutil": memory is not what it watches
+            warnings.simplefilter("ignore")
+            gevent.get_hub().start_periodic_monitoring_thread()
         # The main loop's alone: the hubs of gevent's thread pool would report their own
         # native threads' idle waits as blocks.
         gevent.config.monitor_thread = False
