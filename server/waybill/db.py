@@ -30,6 +30,10 @@ _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 WRITE_WAIT = 30.0  # seconds a writer waits for this process's other writer before giving up
 _write_locks: dict[str, threading.RLock] = {}
 _write_locks_guard = threading.Lock()
+# A forked child (a gunicorn worker) makes its own: a lock made in the parent, before gevent
+# patched the child, is a real thread lock there, which every greenlet of the child's one
+# thread holds at once (it is reentrant), so it would exclude nobody.
+os.register_at_fork(after_in_child=_write_locks.clear)
 
 
 def create_engine(settings: Settings) -> Engine:
