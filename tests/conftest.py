@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
+from tests.utils.smtp import SMTPServer
 from waybill import create_app
 from waybill.config import Settings
 from waybill.db import create_engine, migrate
@@ -73,6 +74,14 @@ def merchant(app: Flask, client: FlaskClient) -> MerchantActions:
 @pytest.fixture
 def auth(app: Flask, client: FlaskClient) -> AuthActions:
     return AuthActions(app, client)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SMTPServer]:
+    """A real SMTP server (aiosmtpd) on loopback that keeps what it receives."""
+    server = SMTPServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from sqlmodel import Session, select
 
 from tests.test_notifications import push as push  # fixtures
 from tests.test_notifications import settings as settings
-from tests.test_notifications import smtp as smtp
 from tests.test_notifications import worker as worker
 from tests.test_realtime import CLOSED, LiveClient
 from tests.test_realtime import connect as connect

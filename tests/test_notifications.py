@@ -33,13 +33,6 @@ def push() -> Iterator[PushService]:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SMTPServer]:
-    server = SMTPServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def settings(instance_dir: Path, smtp: SMTPServer) -> Settings:
     return make_settings(instance_dir, push_endpoint_hosts=("127.0.0.1:*",), smtp_url=smtp.url)
 

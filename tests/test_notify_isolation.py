@@ -23,7 +23,6 @@ from tests.test_notifications import (  # noqa: F401  (fixtures)
     push,
     settings,
     shopper,
-    smtp,
     worker,
 )
 from tests.utils.factories import make_merchant

@@ -18,13 +18,6 @@ from waybill.models import LoginToken
 
 
 @pytest.fixture
-def smtp() -> Iterator[SMTPServer]:
-    server = SMTPServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def app(instance_dir, smtp) -> Iterator[Flask]:
     app = create_app(
         make_settings(instance_dir, smtp_url=smtp.url, mail_from="Shop <t@waybill.test>")

@@ -27,13 +27,6 @@ UNLIMITED = (("sign_in_email_per_address", "1000/hour"), ("sign_in_email_per_ip"
 
 
 @pytest.fixture
-def smtp() -> Iterator[SMTPServer]:
-    server = SMTPServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def app(instance_dir, smtp) -> Iterator[Flask]:
     app = create_app(
         make_settings(
