@@ -6,12 +6,18 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from waybill.api.schemas import OrderCreate, OrderEventCreate, ShipmentCreate, ShipmentEventCreate
 from waybill.auth import login
 from waybill.auth.merchant_keys import create_merchant
 from waybill.config import Settings
 from waybill.ingest import add_shipment, create_order, record_order_event, record_shipment_event
-from waybill.models import Merchant, utcnow
+from waybill.models import (
+    Merchant,
+    OrderCreate,
+    OrderEventCreate,
+    ShipmentCreate,
+    ShipmentEventCreate,
+    utcnow,
+)
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_SHOP = "Demo Outfitters"

@@ -14,10 +14,21 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
-from waybill.api.schemas import OrderCreate, OrderEventCreate, ShipmentCreate, ShipmentEventCreate
 from waybill.auth.login import normalise_email
 from waybill.auth.tokens import new_tracking_token
-from waybill.models import Change, Customer, Merchant, Order, Shipment, TrackingEvent, utcnow
+from waybill.models import (
+    Change,
+    Customer,
+    Merchant,
+    Order,
+    OrderCreate,
+    OrderEventCreate,
+    Shipment,
+    ShipmentCreate,
+    ShipmentEventCreate,
+    TrackingEvent,
+    utcnow,
+)
 from waybill.notify import outbox
 from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status
 

@@ -8,12 +8,11 @@ from flask import Blueprint, current_app, jsonify
 from sqlmodel import select
 
 from waybill.api.errors import ApiError, not_found
-from waybill.api.schemas import Me, OrderList, OrderPublic
 from waybill.api.spec import operation
 from waybill.api.views import render_order, render_orders
 from waybill.auth import sessions
 from waybill.db import get_session
-from waybill.models import Customer, Order
+from waybill.models import Customer, Me, Order, OrderList, OrderPublic
 
 bp = Blueprint("customer_api", __name__, url_prefix="/api/me")
 MAX_ID = 2**63 - 1

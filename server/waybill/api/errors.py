@@ -8,7 +8,7 @@ from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from waybill.api.schemas import ONE_LINE
+from waybill.models import ONE_LINE
 
 ONE_LINE_MESSAGE = (
     "must be one line of text, without line breaks, control or bidirectional characters"

@@ -10,15 +10,6 @@ from flask import Blueprint, current_app, g, jsonify, request
 from sqlmodel import select
 
 from waybill.api.errors import ApiError, not_found
-from waybill.api.schemas import (
-    MerchantOrderList,
-    MerchantOrderPublic,
-    OrderCreate,
-    OrderEventCreate,
-    ShipmentCreate,
-    ShipmentCreated,
-    ShipmentEventCreate,
-)
 from waybill.api.spec import operation, parse_body, without_nul
 from waybill.api.views import render_order, render_orders
 from waybill.auth import merchant_keys
@@ -30,7 +21,18 @@ from waybill.ingest import (
     record_order_event,
     record_shipment_event,
 )
-from waybill.models import Merchant, Order, Shipment
+from waybill.models import (
+    Merchant,
+    MerchantOrderList,
+    MerchantOrderPublic,
+    Order,
+    OrderCreate,
+    OrderEventCreate,
+    Shipment,
+    ShipmentCreate,
+    ShipmentCreated,
+    ShipmentEventCreate,
+)
 from waybill.tracking.statuses import ALL_STATUSES
 
 bp = Blueprint("merchant_api", __name__, url_prefix="/api/v1")

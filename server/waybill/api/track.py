@@ -8,12 +8,11 @@ from flask import Blueprint, current_app, jsonify
 from sqlmodel import Session, select
 
 from waybill.api.errors import not_found
-from waybill.api.schemas import OrderPublic
 from waybill.api.spec import operation
 from waybill.api.views import render_order
 from waybill.auth.tokens import digest
 from waybill.db import get_session
-from waybill.models import Order
+from waybill.models import Order, OrderPublic
 
 bp = Blueprint("track_api", __name__)
 

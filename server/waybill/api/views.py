@@ -11,18 +11,23 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from waybill.api.schemas import (
+from waybill.auth.tokens import tracking_token
+from waybill.models import (
+    Change,
+    Customer,
     CustomerPublic,
     EventPublic,
     ItemPublic,
+    Merchant,
     MerchantOrderPublic,
     MerchantPublic,
+    Order,
     OrderPublic,
     PackagesPublic,
+    Shipment,
     ShipmentPublic,
+    TrackingEvent,
 )
-from waybill.auth.tokens import tracking_token
-from waybill.models import Change, Customer, Merchant, Order, Shipment, TrackingEvent
 from waybill.tracking.statuses import Status, label, package_summary
 
 

@@ -36,13 +36,12 @@ from webauthn.helpers.structs import (
 
 from waybill.api.account import device_label
 from waybill.api.errors import ApiError, not_found
-from waybill.api.schemas import SignedIn
 from waybill.api.spec import operation, parse_body
 from waybill.auth import sessions
 from waybill.auth.models import Passkey, PasskeyChallenge
 from waybill.config import Settings
 from waybill.db import get_session
-from waybill.models import Customer, utcnow
+from waybill.models import Customer, SignedIn, utcnow
 
 account_bp = Blueprint("passkeys_api", __name__, url_prefix="/api/me/passkeys")
 sign_in_bp = Blueprint("passkey_sign_in", __name__, url_prefix="/auth/passkey")

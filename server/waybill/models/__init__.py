@@ -1,0 +1,97 @@
+"""The domain's data: each entity's table beside its input and output models.
+
+``…Create`` is what a merchant (or an integration, or the demo) sends, validated; ingest takes
+it. ``…Public`` is what every reader gets as JSON. Only the tables have ``table=True``.
+"""
+
+from __future__ import annotations
+
+from waybill.models.customers import (
+    AuthSession,
+    CodeSignIn,
+    Customer,
+    CustomerIn,
+    CustomerPublic,
+    EmailSignIn,
+    LoginToken,
+    Me,
+    Sent,
+    SignedIn,
+)
+from waybill.models.merchants import ApiKey, Merchant, MerchantPublic
+from waybill.models.orders import (
+    Change,
+    EventPublic,
+    ItemIn,
+    ItemPublic,
+    MerchantOrderList,
+    MerchantOrderPublic,
+    Order,
+    OrderCreate,
+    OrderEventCreate,
+    OrderList,
+    OrderPublic,
+    PackagesPublic,
+    Shipment,
+    ShipmentCreate,
+    ShipmentCreated,
+    ShipmentEventCreate,
+    ShipmentPublic,
+    TrackingEvent,
+)
+from waybill.models.types import (
+    ONE_LINE,
+    Instant,
+    StatusName,
+    Strict,
+    Text100,
+    Text200,
+    UTCDateTime,
+    created,
+    ts,
+    utcnow,
+)
+
+__all__ = [
+    "ONE_LINE",
+    "ApiKey",
+    "AuthSession",
+    "Change",
+    "CodeSignIn",
+    "Customer",
+    "CustomerIn",
+    "CustomerPublic",
+    "EmailSignIn",
+    "EventPublic",
+    "Instant",
+    "ItemIn",
+    "ItemPublic",
+    "LoginToken",
+    "Me",
+    "Merchant",
+    "MerchantOrderList",
+    "MerchantOrderPublic",
+    "MerchantPublic",
+    "Order",
+    "OrderCreate",
+    "OrderEventCreate",
+    "OrderList",
+    "OrderPublic",
+    "PackagesPublic",
+    "Sent",
+    "Shipment",
+    "ShipmentCreate",
+    "ShipmentCreated",
+    "ShipmentEventCreate",
+    "ShipmentPublic",
+    "SignedIn",
+    "StatusName",
+    "Strict",
+    "Text100",
+    "Text200",
+    "TrackingEvent",
+    "UTCDateTime",
+    "created",
+    "ts",
+    "utcnow",
+]

@@ -1,0 +1,220 @@
+"""Orders, their shipments, tracking events and the change log; what a merchant sends about
+them (``…Create``) and the JSON every reader gets (``…Public``).
+
+The tables keep their own column definitions (the migrations are the schema); the inputs
+and outputs share a base per entity where they share fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from pydantic import AwareDatetime, StringConstraints
+from sqlmodel import JSON, Column, Field, SQLModel
+
+from waybill.models.customers import CustomerIn, CustomerPublic
+from waybill.models.merchants import MerchantPublic
+from waybill.models.types import (
+    Instant,
+    StatusName,
+    Strict,
+    Text100,
+    Text200,
+    UTCDateTime,
+    created,
+    ts,
+)
+
+
+class Order(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("merchant_id", "external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    merchant_id: str = Field(foreign_key="merchant.id", index=True, max_length=40)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    external_id: str = Field(max_length=200)
+    # What this order's merchant said about its customer: shown to that merchant alone, never
+    # to another; the customer's own saved settings win over it everywhere else.
+    customer_name: str | None = Field(default=None, max_length=200)
+    customer_locale: str | None = Field(default=None, max_length=35)
+    customer_timezone: str | None = Field(default=None, max_length=64)
+    # sealed with the server key (auth.tokens): only the server opens it, to build the link
+    tracking_token_sealed: str = Field(max_length=200)
+    tracking_token_hash: str = Field(unique=True, max_length=64)
+    status: str = Field(default="confirmed", max_length=32)
+    items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    request_hash: str = Field(max_length=64)  # of the creating body, for idempotent retries
+    placed_at: datetime | None = ts(nullable=True)
+    estimated_delivery: datetime | None = ts(nullable=True)
+    created_at: datetime = created()
+    updated_at: datetime = created()
+
+
+class Shipment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="order.id", index=True)
+    carrier: str = Field(max_length=100)
+    tracking_number: str = Field(max_length=100)
+    service: str | None = Field(default=None, max_length=100)
+    status: str = Field(default="shipped", max_length=32)
+    estimated_delivery: datetime | None = ts(nullable=True)
+    created_at: datetime = created()
+
+
+class TrackingEvent(SQLModel, table=True):
+    __tablename__ = "tracking_event"
+    __table_args__ = (sa.UniqueConstraint("order_id", "dedupe_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="order.id", index=True)
+    shipment_id: int | None = Field(default=None, foreign_key="shipment.id", index=True)
+    status: str = Field(max_length=32)
+    occurred_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    location: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=500)
+    source: str = Field(default="api", max_length=32)
+    event_id: str | None = Field(default=None, max_length=200)  # the sender's own id
+    dedupe_key: str = Field(max_length=120)
+    created_at: datetime = created()
+
+
+class Change(SQLModel, table=True):
+    """The change log: one row per committed change a customer can see. Its id is the cursor."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="order.id", index=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    kind: str = Field(max_length=32)  # order.created, shipment.added, event.recorded, ...
+    status_before: str | None = Field(default=None, max_length=32)
+    status_after: str = Field(max_length=32)
+    created_at: datetime = created()
+
+
+# --- in -------------------------------------------------------------------------------------
+
+
+class ItemIn(Strict):
+    name: Text200
+    quantity: int = Field(ge=1, le=10_000)
+    image_url: (
+        Annotated[str, StringConstraints(pattern=r"^https://\S+$", max_length=2000)] | None
+    ) = None
+
+
+class OrderCreate(Strict):
+    """A new order."""
+
+    external_id: Text200
+    customer: CustomerIn
+    items: list[ItemIn] = Field(default_factory=list, max_length=200)
+    placed_at: Instant | None = None
+
+
+class OrderEventCreate(Strict):
+    """A change of the order itself (being prepared, cancelled, ...)."""
+
+    status: StatusName
+    occurred_at: Instant | None = None
+    event_id: Text200 | None = None
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class ShipmentCreate(Strict):
+    """A parcel of the order handed to a carrier."""
+
+    carrier: Text100
+    tracking_number: Annotated[
+        str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9 ._/-]{1,100}$")
+    ]
+    service: Text100 | None = None
+    estimated_delivery: Instant | None = None
+
+
+class ShipmentEventCreate(Strict):
+    """A carrier scan or status change of one shipment."""
+
+    status: StatusName
+    occurred_at: Instant
+    event_id: Text200 | None = None
+    location: Annotated[str, StringConstraints(max_length=200)] | None = None
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+# --- out ------------------------------------------------------------------------------------
+
+
+class EventPublic(SQLModel):
+    status: StatusName
+    status_label: str
+    occurred_at: AwareDatetime
+    location: str | None
+    description: str | None
+
+
+class ShipmentPublic(SQLModel):
+    id: int
+    carrier: str
+    tracking_number: str
+    service: str | None
+    status: StatusName
+    status_label: str
+    estimated_delivery: AwareDatetime | None
+    events: list[EventPublic]
+
+
+class ItemPublic(SQLModel):
+    name: str
+    quantity: int
+    image_url: str | None = None
+
+
+class PackagesPublic(SQLModel):
+    total: int
+    delivered: int
+    summary: str | None
+
+
+class OrderPublic(SQLModel):
+    """The order."""
+
+    id: int
+    external_id: str
+    status: StatusName
+    status_label: str
+    merchant: MerchantPublic
+    tracking_url: str
+    items: list[ItemPublic]
+    packages: PackagesPublic
+    shipments: list[ShipmentPublic]
+    events: list[EventPublic]  # the order's own events (confirmed, processing, cancelled...)
+    estimated_delivery: AwareDatetime | None
+    placed_at: AwareDatetime | None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    cursor: int | None = None  # the change-log cursor of the order's latest change
+
+
+class MerchantOrderPublic(OrderPublic):
+    """The order, as its merchant sees it."""
+
+    customer: CustomerPublic
+
+
+class MerchantOrderList(SQLModel):
+    """A page of the merchant's orders, newest first."""
+
+    orders: list[MerchantOrderPublic]
+    next_cursor: str | None
+
+
+class ShipmentCreated(ShipmentPublic):
+    """The shipment."""
+
+    order_id: int
+
+
+class OrderList(SQLModel):
+    """The customer's orders, newest first."""
+
+    orders: list[OrderPublic]
