@@ -18,9 +18,9 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 
-from waybill.api.track import order_by_token
 from waybill.auth import sessions
 from waybill.db import get_session
+from waybill.orders import order_by_token
 
 bp = Blueprint("pages", __name__)
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,8 +24,9 @@ from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse as parse_limit
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from waybill.api.errors import ApiError, error_response
+from waybill.api.errors import error_response
 from waybill.config import ConfigError, Settings
+from waybill.errors import ApiError
 
 # Operators may override any of these through ``Settings.extra["rate_limits"]``.
 DEFAULT_LIMITS: dict[str, str] = {
@@ -265,8 +266,8 @@ def _limit_routes(app: Flask, limiter: Limiter, limits: dict[str, str]) -> None:
 
 def _check_socket_token(limiter: Limiter, prefix: str, limit_value: str) -> None:
     """``/ws?track=`` shares the tracking-token budget; a wrong token costs one try."""
-    from waybill.api.track import order_by_token
     from waybill.db import get_session
+    from waybill.orders import order_by_token
 
     items = [parse_limit(part) for part in limit_value.split(";") if part.strip()]
     # The same bucket flask-limiter fills for the shared limit on /api/track and /t.

@@ -13,10 +13,11 @@ from flask import Blueprint, Response, g, jsonify, make_response
 from pydantic import AwareDatetime, BaseModel
 from sqlmodel import select
 
-from waybill.api.errors import ApiError, not_found
 from waybill.api.spec import operation
 from waybill.auth import sessions
 from waybill.db import get_session
+from waybill.devices import device_label
+from waybill.errors import ApiError, not_found
 from waybill.models import AuthSession, utcnow
 
 bp = Blueprint("account_api", __name__, url_prefix="/api/me/sessions")
@@ -53,33 +54,6 @@ def _slide_cookie(response: Response) -> Response:
 
 def _sets_session_cookie(response: Response) -> bool:
     return any(v.startswith(sessions.COOKIE + "=") for v in response.headers.getlist("Set-Cookie"))
-
-
-def device_label(user_agent: str | None) -> str:
-    """A name a person recognises ("Safari on iPhone"), not the raw user-agent string."""
-    ua = user_agent or ""
-    if "Edg/" in ua:
-        browser = "Edge"
-    elif "Firefox/" in ua or "FxiOS" in ua:
-        browser = "Firefox"
-    elif "Chrome/" in ua or "CriOS" in ua or "Chromium/" in ua:
-        browser = "Chrome"
-    elif "Safari/" in ua:
-        browser = "Safari"
-    else:
-        browser = ""
-    for marker, system in (
-        ("iPhone", "iPhone"),
-        ("iPad", "iPad"),
-        ("Android", "Android"),
-        ("Windows", "Windows"),
-        ("Mac OS X", "Mac"),
-        ("CrOS", "ChromeOS"),
-        ("Linux", "Linux"),
-    ):
-        if marker in ua:
-            return f"{browser} on {system}" if browser else system
-    return browser or "Unknown device"
 
 
 def _active(customer_id: int) -> list[AuthSession]:

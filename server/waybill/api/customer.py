@@ -7,12 +7,12 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from sqlmodel import select
 
-from waybill.api.errors import ApiError, not_found
 from waybill.api.spec import operation
-from waybill.api.views import render_order, render_orders
 from waybill.auth import sessions
 from waybill.db import get_session
+from waybill.errors import ApiError, not_found
 from waybill.models import Customer, Me, Order, OrderList, OrderPublic
+from waybill.orders import language_of, render_order, render_orders
 
 bp = Blueprint("customer_api", __name__, url_prefix="/api/me")
 MAX_ID = 2**63 - 1
@@ -28,12 +28,6 @@ def current_customer() -> Customer:
     if customer is None:
         raise ApiError(401, "unauthorized", "sign in first")
     return customer
-
-
-def language_of(customer: Customer) -> str:
-    prefs = customer.preferences or {}
-    lang = prefs.get("language") or (customer.locale or "en")[:2].lower()
-    return lang if lang in ("en", "de") else "en"
 
 
 @bp.get("")

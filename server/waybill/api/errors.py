@@ -1,32 +1,14 @@
-"""One error shape for every API answer: ``{"error": {"code", "message", "fields"?}}``."""
+"""One error shape for every answer: ``ApiError`` (``waybill.errors``), HTTP errors and the
+unexpected, each as ``{"error": {"code", "message", "fields"?}}``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from waybill.models import ONE_LINE
-
-ONE_LINE_MESSAGE = (
-    "must be one line of text, without line breaks, control or bidirectional characters"
-)
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        fields: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.fields, self.headers = fields, headers or {}
+from waybill.errors import ApiError
 
 
 def error_response(
@@ -38,24 +20,6 @@ def error_response(
     response = jsonify(error=body)
     response.status_code = status
     return response
-
-
-def not_found(what: str = "resource") -> ApiError:
-    return ApiError(404, "not_found", f"no such {what}")
-
-
-def validation_fields(exc: ValidationError) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "body"
-        msg = err["msg"]
-        if (
-            err["type"] == "string_pattern_mismatch"
-            and (err.get("ctx") or {}).get("pattern") == ONE_LINE
-        ):
-            msg = ONE_LINE_MESSAGE
-        fields.setdefault(path, msg)
-    return fields
 
 
 _HTTP_CODES = {

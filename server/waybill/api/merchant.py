@@ -9,11 +9,10 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlmodel import select
 
-from waybill.api.errors import ApiError, not_found
 from waybill.api.spec import operation, parse_body, without_nul
-from waybill.api.views import render_order, render_orders
 from waybill.auth import merchant_keys
 from waybill.db import get_session, touch
+from waybill.errors import ApiError, not_found
 from waybill.ingest import (
     Conflict,
     add_shipment,
@@ -33,6 +32,7 @@ from waybill.models import (
     ShipmentCreated,
     ShipmentEventCreate,
 )
+from waybill.orders import render_order, render_orders
 from waybill.tracking.statuses import ALL_STATUSES
 
 bp = Blueprint("merchant_api", __name__, url_prefix="/api/v1")

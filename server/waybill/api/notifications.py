@@ -9,15 +9,16 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from sqlmodel import select
 
-from waybill.api.errors import ApiError, not_found
 from waybill.api.spec import operation, parse_body
-from waybill.api.track import tracked_order
 from waybill.auth import sessions
 from waybill.db import get_session
+from waybill.devices import device_label
+from waybill.errors import ApiError, not_found
 from waybill.models import Customer, Order, utcnow
 from waybill.notify import outbox, preferences, subscriptions
 from waybill.notify.delivery import read_unsubscribe_token
 from waybill.notify.models import OrderMute, PushSubscription
+from waybill.orders import tracked_order
 from waybill.tracking.statuses import is_terminal
 
 bp = Blueprint("notifications_api", __name__)
@@ -296,7 +297,7 @@ def add_subscription() -> Any:
         endpoint=body.endpoint,
         p256dh=body.keys.p256dh,
         auth=body.keys.auth,
-        label=subscriptions.label_for(request.user_agent.string),
+        label=device_label(request.user_agent.string),
         language=outbox.customer_preferences(customer).language,
         customer_id=customer.id,
         auth_session_id=signed_in.id if (signed_in := sessions.current()) else None,
@@ -371,7 +372,7 @@ def add_track_subscription(token: str) -> Any:
         endpoint=body.endpoint,
         p256dh=body.keys.p256dh,
         auth=body.keys.auth,
-        label=subscriptions.label_for(request.user_agent.string),
+        label=device_label(request.user_agent.string),
         language=preferences.supported_language(language),
         order_id=order.id,
     )

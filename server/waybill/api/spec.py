@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest
 
-from waybill.api.errors import ApiError, validation_fields
+from waybill.errors import ApiError, validation_fields
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_BODY = 1024 * 1024

@@ -34,13 +34,13 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from waybill.api.account import device_label
-from waybill.api.errors import ApiError, not_found
 from waybill.api.spec import operation, parse_body
 from waybill.auth import sessions
 from waybill.auth.models import Passkey, PasskeyChallenge
 from waybill.config import Settings
 from waybill.db import get_session
+from waybill.devices import device_label
+from waybill.errors import ApiError, not_found
 from waybill.models import Customer, SignedIn, utcnow
 
 account_bp = Blueprint("passkeys_api", __name__, url_prefix="/api/me/passkeys")

@@ -18,11 +18,11 @@ from flask import (
 )
 from pydantic import ValidationError
 
-from waybill.api.errors import ApiError, validation_fields
 from waybill.api.spec import operation, parse_body
 from waybill.auth import login, sessions
 from waybill.config import Settings
 from waybill.db import get_session, session_scope
+from waybill.errors import ApiError, validation_fields
 from waybill.models import CodeSignIn, EmailSignIn, Sent, SignedIn
 from waybill.notify import mail
 

@@ -106,7 +106,7 @@ def require_signed_in() -> Customer:
     """The signed-in customer: 401 without a session, 403 for a write without the CSRF token.
 
     Every cookie-authenticated API (``/api/me/…``, passkeys) guards itself with this."""
-    from waybill.api.errors import ApiError
+    from waybill.errors import ApiError
 
     if current() is None:
         raise ApiError(401, "unauthorized", "sign in first")

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session, col, select
 
+from waybill.devices import device_label
 from waybill.models import utcnow
 from waybill.notify.models import PushSubscription
 from waybill.notify.webpush import b64url_decode
@@ -81,43 +82,6 @@ def key_errors(p256dh: str, auth: str) -> dict[str, str]:
     except (ValueError, TypeError):
         errors["keys.auth"] = "must be base64url of 16 bytes"
     return errors
-
-
-def label_for(user_agent: str) -> str:
-    """A short device name for the settings list, from the User-Agent."""
-    ua = user_agent or ""
-    browser = next(
-        (
-            name
-            for key, name in (
-                ("Edg/", "Edge"),
-                ("OPR/", "Opera"),
-                ("Firefox/", "Firefox"),
-                ("SamsungBrowser/", "Samsung Internet"),
-                ("Chrome/", "Chrome"),
-                ("Safari/", "Safari"),
-            )
-            if key in ua
-        ),
-        "Browser",
-    )
-    system = next(
-        (
-            name
-            for key, name in (
-                ("iPhone", "iPhone"),
-                ("iPad", "iPad"),
-                ("Android", "Android"),
-                ("Windows", "Windows"),
-                ("Mac OS X", "Mac"),
-                ("CrOS", "ChromeOS"),
-                ("Linux", "Linux"),
-            )
-            if key in ua
-        ),
-        None,
-    )
-    return f"{browser} on {system}" if system else browser
 
 
 def endpoint_hash(endpoint: str) -> str:
@@ -212,7 +176,8 @@ def of_device(
 ) -> set[int]:
     """Ids of the customer's push subscriptions registered through the sign-in
     ``auth_session_id``; and, for rows that do not say (registered before that was recorded,
-    or through a sign-in that has since ended), those whose device name (:func:`label_for`) is
+    or through a sign-in that has since ended), those whose device name
+    (:func:`waybill.devices.device_label`) is
     that browser's. The second rule errs on the safe side: another device of the same kind
     ("Safari on iPhone") of the same customer may lose its subscription too."""
     from waybill.models import AuthSession
@@ -226,7 +191,7 @@ def of_device(
                 sa.or_(
                     col(PushSubscription.auth_session_id) == auth_session_id,
                     sa.and_(
-                        PushSubscription.label == label_for(user_agent or ""),
+                        PushSubscription.label == device_label(user_agent or ""),
                         sa.or_(
                             col(PushSubscription.auth_session_id).is_(None),
                             col(PushSubscription.auth_session_id).in_(ended),

@@ -519,7 +519,7 @@ class Hub:
 
     def _render(self, session: Session, orders: list[Order], language: str) -> dict[int, bytes]:
         """Each order as the JSON of ``GET /api/me/orders/{id}`` / ``/api/track/<token>``."""
-        from waybill.api.views import render_orders
+        from waybill.orders import render_orders
 
         out = render_orders(
             session,
@@ -779,10 +779,9 @@ def _same_site() -> bool:
 
 def _authorise() -> tuple[Scope | None, int]:
     """Who may see what, decided before any order data is sent; the DB session is released."""
-    from waybill.api.customer import language_of
-    from waybill.api.track import order_by_token
     from waybill.auth import sessions
     from waybill.db import get_session
+    from waybill.orders import language_of, order_by_token
 
     try:
         token = request.args.get("track")

@@ -1,4 +1,5 @@
-"""Orders as JSON: the same shapes for the merchant, the signed-in customer and a tracking link.
+"""Reading orders: by tracking token, in the customer's language, as the JSON every reader
+gets (the merchant, the signed-in customer, a tracking link, a socket frame).
 
 Rows for a whole page of orders are loaded in three queries, not three per order.
 """
@@ -11,7 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from waybill.auth.tokens import tracking_token
+from waybill.auth.tokens import digest, tracking_token
+from waybill.errors import not_found
 from waybill.models import (
     Change,
     Customer,
@@ -33,6 +35,27 @@ from waybill.tracking.statuses import Status, label, package_summary
 
 def tracking_url(base_url: str, secret_key: str, order: Order) -> str:
     return f"{base_url}/t/{tracking_token(secret_key, order)}"
+
+
+def language_of(customer: Customer) -> str:
+    prefs = customer.preferences or {}
+    lang = prefs.get("language") or (customer.locale or "en")[:2].lower()
+    return lang if lang in ("en", "de") else "en"
+
+
+def order_by_token(session: Session, token: str) -> Order | None:
+    """Look the order up by the token's hash: timing says nothing about the token."""
+    if not 16 <= len(token) <= 64:
+        return None
+    return session.exec(select(Order).where(Order.tracking_token_hash == digest(token))).first()
+
+
+def tracked_order(session: Session, token: str) -> Order:
+    """The order a tracking link names, or the API's 404."""
+    order = order_by_token(session, token)
+    if order is None:
+        raise not_found("order")
+    return order
 
 
 def _event(e: TrackingEvent, lang: str) -> EventPublic:
