@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from flask import Flask, current_app, g, request
@@ -224,13 +224,54 @@ def get_engine() -> Engine:
 
 
 def get_session() -> Session:
-    """The request's session, opened on first use and closed in teardown."""
+    """The request's session, opened on first use and closed in teardown; what it commits is
+    published to the app's broker."""
     if "db" not in g:
         engine = get_engine()
         if request.method in _SAFE_METHODS:
             engine = read_engine(engine)
-        g.db = Session(engine, expire_on_commit=False)
+        g.db = open_session(engine, broker=current_app.extensions.get("waybill.broker"))
     return g.db  # type: ignore[no-any-return]
+
+
+class Publisher(Protocol):
+    def publish(self, message: dict[str, Any]) -> None: ...
+
+
+class PublishingSession(Session):
+    """A session whose committed changes reach the broker: messages queued on it with
+    :func:`publish_on_commit` go out after its transaction commits and are dropped when it
+    rolls back, never before (a socket must not see a change that may still be undone)."""
+
+
+_PENDING, _BROKER = "waybill.publish_pending", "waybill.publish_to"
+
+
+def open_session(engine: Engine, *, broker: Publisher | None = None) -> Session:
+    """A session of ours: with a broker, a :class:`PublishingSession`."""
+    if broker is None:
+        return Session(engine, expire_on_commit=False)
+    session = PublishingSession(engine, expire_on_commit=False)
+    session.info[_BROKER] = broker
+    return session
+
+
+def publish_on_commit(session: Session, message: dict[str, Any]) -> None:
+    """Queue ``message`` for the broker once ``session`` commits (a session without a broker
+    keeps it until it ends: a CLI command or a job has no one to tell)."""
+    session.info.setdefault(_PENDING, []).append(message)
+
+
+@sa.event.listens_for(PublishingSession, "after_commit")
+def _publish_committed(session: Session) -> None:
+    broker = session.info[_BROKER]
+    for message in session.info.pop(_PENDING, []):
+        broker.publish(message)
+
+
+@sa.event.listens_for(PublishingSession, "after_rollback")
+def _drop_unpublished(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def read_engine(engine: Engine) -> Engine:
@@ -258,9 +299,10 @@ def _close_session(exc: BaseException | None) -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session for work outside a request (CLI, workers): commit on success."""
-    with Session(engine, expire_on_commit=False) as session:
+def session_scope(engine: Engine, *, broker: Publisher | None = None) -> Iterator[Session]:
+    """A session for work outside a request (CLI, workers): commit on success; with a broker,
+    what it commits is published."""
+    with open_session(engine, broker=broker) as session:
         try:
             yield session
             session.commit()

@@ -2,20 +2,21 @@
 
 Each function works inside the caller's transaction: it writes the event, recomputes the
 status with the state machine, and appends a ``Change`` row (the cursor the sockets resume
-from). Changes are queued on the session and published only after the commit succeeds.
+from). Changes are queued on the session (``db.publish_on_commit``) and reach the broker only
+after the commit succeeds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session, select
 
 from waybill.auth.login import normalise_email
 from waybill.auth.tokens import new_tracking_token
+from waybill.db import publish_on_commit
 from waybill.models import (
     Change,
     Customer,
@@ -35,16 +36,6 @@ from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status
 
 class Conflict(Exception):
     """The same external id was used before with a different body."""
-
-
-@dataclass(frozen=True)
-class Published:
-    """What goes to the broker after commit."""
-
-    cursor: int
-    order_id: int
-    customer_id: int
-    status: str
 
 
 def body_hash(data: OrderCreate) -> str:
@@ -248,11 +239,12 @@ def _record_change(session: Session, order: Order, kind: str, before: str | None
     session.flush()
     # Notifications are queued in this same transaction: committed together or not at all.
     outbox.enqueue_change(session, change, order)
-    pending: list[Published] = session.info.setdefault("waybill.published", [])
-    pending.append(
-        Published(change.id, order.id, order.customer_id, order.status)  # type: ignore[arg-type]
+    publish_on_commit(
+        session,
+        {
+            "cursor": change.id,
+            "order_id": order.id,
+            "customer_id": order.customer_id,
+            "status": order.status,
+        },
     )
-
-
-def take_published(session: Session) -> list[Published]:
-    return session.info.pop("waybill.published", [])

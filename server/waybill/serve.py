@@ -94,7 +94,7 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from waybill import create_app
+        from waybill.app import create_app
 
         return create_app(self.settings)
 

@@ -7,15 +7,14 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from sqlmodel import select
 
+from waybill.api.access import owned_or_404
 from waybill.api.spec import operation
 from waybill.auth import sessions
 from waybill.db import get_session
-from waybill.errors import ApiError, not_found
-from waybill.models import Customer, Me, Order, OrderList, OrderPublic
+from waybill.models import Me, Order, OrderList, OrderPublic
 from waybill.orders import language_of, render_order, render_orders
 
 bp = Blueprint("customer_api", __name__, url_prefix="/api/me")
-MAX_ID = 2**63 - 1
 
 
 @bp.before_request
@@ -23,19 +22,11 @@ def _signed_in() -> None:
     sessions.require_signed_in()
 
 
-def current_customer() -> Customer:
-    customer = sessions.current_customer()
-    if customer is None:
-        raise ApiError(401, "unauthorized", "sign in first")
-    return customer
-
-
 @bp.get("")
 @operation("The signed-in customer", responses={200: Me}, security="session", tag="customer")
 def me() -> Any:
-    customer = current_customer()
-    auth = sessions.current()
-    assert auth is not None
+    customer = sessions.require_signed_in()
+    auth = sessions.signed_in()
     return jsonify(
         Me(
             email=customer.email,
@@ -55,7 +46,7 @@ def me() -> Any:
     tag="customer",
 )
 def my_orders() -> Any:
-    customer = current_customer()
+    customer = sessions.require_signed_in()
     db = get_session()
     orders = list(
         db.exec(
@@ -80,11 +71,9 @@ def my_orders() -> Any:
     tag="customer",
 )
 def my_order(order_id: int) -> Any:
-    customer = current_customer()
+    customer = sessions.require_signed_in()
     db = get_session()
-    order = db.get(Order, order_id) if order_id <= MAX_ID else None
-    if order is None or order.customer_id != customer.id:
-        raise not_found("order")
+    order = owned_or_404(db, Order, order_id, "order", customer_id=customer.id)
     rendered = render_order(
         db,
         order,

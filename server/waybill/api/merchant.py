@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlmodel import select
 
+from waybill.api.access import MAX_ID, owned_or_404
 from waybill.api.spec import operation, parse_body, without_nul
 from waybill.auth import merchant_keys
 from waybill.db import get_session, touch
@@ -59,14 +60,8 @@ def _merchant() -> Merchant:
     return g.merchant  # type: ignore[no-any-return]
 
 
-MAX_ID = 2**63 - 1
-
-
 def _order(order_id: int) -> Order:
-    order = get_session().get(Order, order_id) if order_id <= MAX_ID else None
-    if order is None or order.merchant_id != _merchant().id:
-        raise not_found("order")
-    return order
+    return owned_or_404(get_session(), Order, order_id, "order", merchant_id=_merchant().id)
 
 
 def _answer(order: Order, status: int) -> Any:
@@ -256,10 +251,10 @@ def post_shipment(order_id: int) -> Any:
 )
 def post_shipment_event(shipment_id: int) -> Any:
     db = get_session()
-    shipment = db.get(Shipment, shipment_id) if shipment_id <= MAX_ID else None
-    order = db.get(Order, shipment.order_id) if shipment is not None else None
+    shipment = owned_or_404(db, Shipment, shipment_id, "shipment")
+    order = db.get(Order, shipment.order_id)
     # Another merchant's shipment answers exactly as a missing one: ids reveal nothing.
-    if shipment is None or order is None or order.merchant_id != _merchant().id:
+    if order is None or order.merchant_id != _merchant().id:
         raise not_found("shipment")
     data = parse_body(ShipmentEventCreate)
     recorded = record_shipment_event(session=db, shipment=shipment, data=data)

@@ -20,7 +20,9 @@ from sqlmodel import Session, select
 
 from waybill.auth.tokens import digest, keyed_digest, new_token, same
 from waybill.db import get_session, touch
+from waybill.errors import ApiError
 from waybill.models import AuthSession, Customer, utcnow
+from waybill.realtime.broker import SESSIONS_ENDED
 
 COOKIE = "waybill_session"
 IDLE_EXPIRY = timedelta(days=30)
@@ -102,14 +104,20 @@ def current_customer() -> Customer | None:
     return get_session().get(Customer, auth.customer_id) if auth else None
 
 
+def signed_in() -> AuthSession:
+    """This request's sign-in, or the API's 401."""
+    auth = current()
+    if auth is None:
+        raise ApiError(401, "unauthorized", "sign in first")
+    return auth
+
+
 def require_signed_in() -> Customer:
     """The signed-in customer: 401 without a session, 403 for a write without the CSRF token.
 
-    Every cookie-authenticated API (``/api/me/…``, passkeys) guards itself with this."""
-    from waybill.errors import ApiError
-
-    if current() is None:
-        raise ApiError(401, "unauthorized", "sign in first")
+    Every cookie-authenticated API (``/api/me/…``, passkeys) guards itself with this, and its
+    handlers call it again for the customer (the session is read once per request)."""
+    signed_in()
     if request.method not in ("GET", "HEAD", "OPTIONS") and not csrf_ok():
         raise ApiError(403, "csrf", "send the csrf_token from GET /api/me as X-CSRF-Token")
     customer = current_customer()
@@ -170,8 +178,6 @@ def close_sockets(session_ids: Iterable[int], *, customer_id: int | None = None)
     ids = sorted(set(session_ids))
     if not ids:
         return
-    from waybill.realtime.hub import SESSIONS_ENDED
-
     hub = current_app.extensions.get("waybill.hub")
     if hub is not None:
         hub.close_sessions(ids, customer_id=customer_id)

@@ -10,17 +10,15 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    """The VAPID keys, the notification routes, and the in-process outbox worker.
+    """The VAPID keys and the in-process outbox worker (``create_app`` registers the routes).
 
     The worker starts with the app and again in any process forked from it (gunicorn workers
     with a preloaded app): the first request a new process serves starts that process's own.
     """
-    from waybill.api import notifications
     from waybill.notify.webpush import load_vapid
 
     settings = app.config["WAYBILL_SETTINGS"]
     app.extensions["waybill.vapid"] = load_vapid(settings)
-    app.register_blueprint(notifications.bp)
     if not settings.run_worker:
         return
     lock = threading.Lock()

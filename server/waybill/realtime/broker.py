@@ -22,6 +22,9 @@ Handler = Callable[[Message], None]
 CHANNEL = "waybill:changes"
 #: Sent to handlers after a lost subscription is back: messages may have been missed meanwhile.
 RESUBSCRIBED: Message = {"type": "broker.resubscribed"}
+#: ``{"type": SESSIONS_ENDED, "ids": [...], "customer_id": ...}``: these sign-ins are over;
+#: every worker closes their sockets at once (``Hub.close_sessions``).
+SESSIONS_ENDED = "sessions_ended"
 
 
 class Broker(Protocol):

@@ -41,7 +41,7 @@ from sqlmodel import Session, select
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from waybill.models import Change, Order
-from waybill.realtime.broker import Broker, Message
+from waybill.realtime.broker import SESSIONS_ENDED, Broker, Message
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,6 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_BIG = 1009
 
-#: Broker message type: ``{"type": SESSIONS_ENDED, "ids": [...], "customer_id": ...}`` — these
-#: sign-ins are over; every worker closes their sockets at once (:meth:`Hub.close_sessions`).
-SESSIONS_ENDED = "sessions_ended"
 
 PING_FRAME = b"\x89\x00"
 MAX_INCOMING = 4096  # a resume message is ~40 bytes
@@ -820,7 +817,7 @@ def live(ws: Any) -> None:
 
 
 def init_app(app: Flask) -> Hub:
-    """Register ``/ws`` and the app's hub (started lazily by the first socket)."""
+    """The app's hub (started lazily by the first socket); ``create_app`` registers ``/ws``."""
     settings = app.config["WAYBILL_SETTINGS"]
     hub = Hub(
         engine=app.extensions["waybill.engine"],
@@ -830,5 +827,4 @@ def init_app(app: Flask) -> Hub:
     )
     app.extensions["waybill.hub"] = hub
     app.config.setdefault("SOCK_SERVER_OPTIONS", {"thread_class": _NoReaderThread})
-    app.register_blueprint(bp)
     return hub

@@ -1,0 +1,63 @@
+"""The application factory: everything is built here, nothing at import time."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from waybill import db, notify, pages, security
+from waybill.api import account, customer, errors, merchant, notifications, spec, track
+from waybill.auth import oidc, passkeys
+from waybill.auth import routes as auth_routes
+from waybill.config import Settings
+from waybill.realtime import hub
+from waybill.realtime.broker import create_broker
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        WAYBILL_SETTINGS=settings,
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        TESTING=settings.testing,
+    )
+    # Waybill's own INFO lines (mail written to the log, the watchdog's figures) reach the
+    # server's output; a process that configured logging itself keeps its set-up.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    # What every request stands on: the database (its sessions publish what they commit to
+    # the broker), the broker, one error shape.
+    engine = db.create_engine(settings)
+    db.init_app(app, engine)
+    app.extensions["waybill.broker"] = create_broker(settings.broker_url)
+    errors.init_app(app)
+
+    # Every route of the app, in one list.
+    for blueprint in (
+        spec.bp,
+        merchant.bp,
+        customer.bp,
+        track.bp,
+        account.bp,
+        notifications.bp,
+        auth_routes.bp,
+        oidc.bp,
+        passkeys.account_bp,
+        passkeys.sign_in_bp,
+        hub.bp,
+        pages.bp,
+    ):
+        app.register_blueprint(blueprint)
+
+    # The services the routes use, each started by its own module.
+    oidc.init_app(app)
+    notify.init_app(app)  # VAPID keys, the outbox worker
+    hub.init_app(app)  # live updates over /ws
+    security.init_app(app)  # last: headers and rate limits attach to every registered route
+    return app
