@@ -31,6 +31,7 @@ from waybill.models import (
     utcnow,
 )
 from waybill.notify import outbox
+from waybill.tracking.events import dedupe_key, order_estimate
 from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status
 
 
@@ -170,12 +171,14 @@ def _record(
     source: str,
 ) -> bool:
     """Record one event; False when it was seen before (nothing changes then)."""
-    scope = f"s{shipment.id}" if shipment else "o"
-    if event_id:
-        key = f"{scope}:id:{hashlib.sha256(event_id.encode()).hexdigest()[:40]}"
-    else:
-        content = json.dumps([status, occurred_at.isoformat(), location, description])
-        key = f"{scope}:h:{hashlib.sha256(content.encode()).hexdigest()[:40]}"
+    key = dedupe_key(
+        shipment_id=shipment.id if shipment else None,
+        status=status,
+        occurred_at=occurred_at,
+        event_id=event_id,
+        location=location,
+        description=description,
+    )
     seen = session.exec(
         select(TrackingEvent.id).where(
             TrackingEvent.order_id == order.id, TrackingEvent.dedupe_key == key
@@ -220,8 +223,9 @@ def _recompute(session: Session, order: Order, kind: str) -> None:
     base = fold(_entries([e for e in events if e.shipment_id is None]), start=Status.CONFIRMED)
     before = order.status
     order.status = order_status(base or Status.CONFIRMED, statuses)
-    estimates = [s.estimated_delivery for s in shipments if s.estimated_delivery]
-    order.estimated_delivery = max(estimates) if estimates else order.estimated_delivery
+    order.estimated_delivery = order_estimate(
+        (s.estimated_delivery for s in shipments), order.estimated_delivery
+    )
     order.updated_at = utcnow()
     session.add(order)
     _record_change(session, order, kind, before)

@@ -24,7 +24,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse as parse_limit
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from waybill.api.errors import error_response
+from waybill.api.errors import render_error
 from waybill.config import ConfigError, Settings
 from waybill.errors import ApiError
 
@@ -179,12 +179,7 @@ def init_app(app: Flask) -> Limiter:
 
     @app.errorhandler(RateLimitExceeded)
     def _too_many(exc: RateLimitExceeded) -> Response:
-        seconds = _retry_after(limiter)
-        response = error_response(
-            429, "too_many_requests", f"too many requests; try again in {seconds} s"
-        )
-        response.headers["Retry-After"] = str(seconds)
-        return response
+        return render_error(too_many(_retry_after(limiter)))
 
     hsts = settings.base_url.startswith("https://")
     csp = content_security_policy(settings)

@@ -22,6 +22,13 @@ def error_response(
     return response
 
 
+def render_error(exc: ApiError) -> Response:
+    """The answer an ``ApiError`` stands for, with its headers."""
+    response = error_response(exc.status, exc.code, exc.message, exc.fields)
+    response.headers.update(exc.headers)
+    return response
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -41,11 +48,7 @@ def _wants_json() -> bool:
 
 
 def init_app(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
-        response = error_response(exc.status, exc.code, exc.message, exc.fields)
-        response.headers.update(exc.headers)
-        return response
+    app.register_error_handler(ApiError, render_error)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response | HTTPException:
