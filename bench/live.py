@@ -96,13 +96,12 @@ class World:
 
 
 def seed(instance: Path, count: int) -> World:
-    from waybill.api.schemas import OrderCreate
     from waybill.auth.merchant_keys import create_merchant
     from waybill.auth.tokens import digest, new_token
     from waybill.config import Settings
     from waybill.db import create_engine, migrate, session_scope
     from waybill.ingest import create_order
-    from waybill.models import AuthSession
+    from waybill.models import AuthSession, OrderCreate
 
     env = {
         **os.environ,

@@ -30,10 +30,9 @@ from tests.conftest import make_settings
 from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
 from waybill import create_app
-from waybill.api.schemas import OrderEventCreate
 from waybill.db import migrate, session_scope
 from waybill.ingest import record_order_event
-from waybill.models import Order
+from waybill.models import Order, OrderEventCreate
 from waybill.realtime.broker import RESUBSCRIBED, RedisBroker
 
 #: ``next_frame`` answers this when the server closed the socket: ("close", code).
