@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from sqlmodel import select
 
 from waybill.api.access import owned_or_404
+from waybill.api.answers import order_json, rendered_orders
 from waybill.api.spec import operation
 from waybill.auth import sessions
 from waybill.db import get_session
 from waybill.models import Me, Order, OrderList, OrderPublic
-from waybill.orders import language_of, render_order, render_orders
+from waybill.orders import language_of
 
 bp = Blueprint("customer_api", __name__, url_prefix="/api/me")
 
@@ -53,13 +54,7 @@ def my_orders() -> Any:
             select(Order).where(Order.customer_id == customer.id).order_by(Order.id.desc())  # type: ignore[union-attr]
         )
     )
-    rendered = render_orders(
-        db,
-        orders,
-        base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
-        secret_key=current_app.config["WAYBILL_SETTINGS"].secret_key,
-        language=language_of(customer),
-    )
+    rendered = rendered_orders(orders, language=language_of(customer))
     return jsonify(orders=[o.model_dump(mode="json") for o in rendered])
 
 
@@ -74,11 +69,4 @@ def my_order(order_id: int) -> Any:
     customer = sessions.require_signed_in()
     db = get_session()
     order = owned_or_404(db, Order, order_id, "order", customer_id=customer.id)
-    rendered = render_order(
-        db,
-        order,
-        base_url=current_app.config["WAYBILL_SETTINGS"].base_url,
-        secret_key=current_app.config["WAYBILL_SETTINGS"].secret_key,
-        language=language_of(customer),
-    )
-    return jsonify(rendered.model_dump(mode="json"))
+    return jsonify(order_json(order, language=language_of(customer)))

@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from sqlmodel import select
 
 from waybill.api.access import MAX_ID, owned_or_404
+from waybill.api.answers import order_json, rendered_orders
 from waybill.api.spec import operation, parse_body, without_nul
 from waybill.auth import merchant_keys
 from waybill.db import get_session, touch
@@ -33,7 +34,6 @@ from waybill.models import (
     ShipmentCreated,
     ShipmentEventCreate,
 )
-from waybill.orders import render_order, render_orders
 from waybill.tracking.statuses import ALL_STATUSES
 
 bp = Blueprint("merchant_api", __name__, url_prefix="/api/v1")
@@ -65,16 +65,7 @@ def _order(order_id: int) -> Order:
 
 
 def _answer(order: Order, status: int) -> Any:
-    db = get_session()
-    settings = current_app.config["WAYBILL_SETTINGS"]
-    body = render_order(
-        db,
-        order,
-        base_url=settings.base_url,
-        secret_key=settings.secret_key,
-        merchant_view=True,
-    )
-    return jsonify(body.model_dump(mode="json")), status
+    return jsonify(order_json(order, merchant_view=True)), status
 
 
 def _commit() -> None:
@@ -189,14 +180,7 @@ def list_orders() -> Any:
     page = list(db.exec(query.order_by(Order.id.desc()).limit(limit + 1)))  # type: ignore[union-attr]
     more = len(page) > limit
     page = page[:limit]
-    settings = current_app.config["WAYBILL_SETTINGS"]
-    rendered = render_orders(
-        db,
-        page,
-        base_url=settings.base_url,
-        secret_key=settings.secret_key,
-        merchant_view=True,
-    )
+    rendered = rendered_orders(page, merchant_view=True)
     return jsonify(
         orders=[o.model_dump(mode="json") for o in rendered],
         next_cursor=_encode_cursor(page[-1].id) if more else None,  # type: ignore[arg-type]
@@ -233,9 +217,7 @@ def post_shipment(order_id: int) -> Any:
     db = get_session()
     shipment = add_shipment(session=db, order=order, data=data)
     _commit()
-    settings = current_app.config["WAYBILL_SETTINGS"]
-    rendered = render_order(db, order, base_url=settings.base_url, secret_key=settings.secret_key)
-    body = next(s for s in rendered.shipments if s.id == shipment.id)
+    body = next(s for s in rendered_orders([order])[0].shipments if s.id == shipment.id)
     return jsonify(
         ShipmentCreated(**body.model_dump(), order_id=order.id).model_dump(mode="json")
     ), 201
