@@ -1,1 +1,2 @@
-"""Live updates: the broker that fans changes out, and the WebSocket hub."""
+"""Live updates: the broker that wakes every worker, and each worker's WebSocket hub (its
+transport, registry of sockets and dispatcher)."""
