@@ -133,7 +133,7 @@ def make_subscriptions(n: int, origin: str) -> list[dict]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from waybill.notify.webpush import b64url
+    from waybill.notify.vapid import b64url
 
     subs = []
     for i in range(n):
@@ -168,7 +168,7 @@ def floor(subs: list[dict]) -> tuple[float, float]:
     import http_ece
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from waybill.notify.webpush import b64url_decode
+    from waybill.notify.vapid import b64url_decode
 
     start, cpu = time.perf_counter(), time.process_time()
     for sub in subs:
@@ -439,7 +439,7 @@ def worker_rate(subs: list[dict], workdir: Path, template: Path) -> tuple[float,
 def main() -> None:
     from waybill.config import Settings
     from waybill.db import create_engine, migrate
-    from waybill.notify.webpush import b64url, load_vapid
+    from waybill.notify.vapid import b64url, load_vapid
 
     workdir = Path(tempfile.mkdtemp(prefix="waybill-bench-push-"))
     try:

@@ -282,6 +282,41 @@ def test_email_is_multipart_with_one_click_unsubscribe(
     assert client.post(path[:-3] + "xyz").status_code == 404
 
 
+def test_unsubscribe_pages_speak_the_language_the_customer_chose(
+    shopper: Shopper, client: FlaskClient, push: PushService, worker: Worker, smtp: SMTPServer
+) -> None:
+    shopper.prefs(language="de")
+    shopper.ship()
+    worker.run_until_idle()
+    [mail] = smtp.wait_for(EMAIL)
+    path = str(mail["List-Unsubscribe"]).strip("<>").split("127.0.0.1:8000", 1)[1]
+    browser = {"Accept-Language": "en-US,en;q=0.9"}  # the saved choice wins over the browser's
+    page = client.get(path, headers=browser).get_data(as_text=True)
+    assert "Keine Benachrichtigungen mehr per E-Mail?" in page and ">Abbestellen<" in page
+    assert "Unsubscribe" not in page
+    assert '<html lang="de">' in page  # so a screen reader speaks it as German
+    done = client.post(path, headers=browser).get_data(as_text=True)
+    assert "<h1>Abbestellt</h1>" in done and "Unsubscribed" not in done
+    assert "Du erhältst keine Benachrichtigungen mehr per E-Mail." in done  # "du", as the app
+
+
+def test_unsubscribe_page_follows_the_browser_until_a_language_is_chosen(
+    app: Flask, merchant: MerchantActions, client: FlaskClient
+) -> None:
+    from waybill.models import Customer
+    from waybill.notify.unsubscribe import unsubscribe_url
+
+    merchant.create_order("new@example.com")
+    with Session(app.extensions["waybill.engine"]) as s:
+        customer = s.exec(select(Customer).where(Customer.email == "new@example.com")).one()
+    path = unsubscribe_url("", app.config["WAYBILL_SETTINGS"].secret_key, customer.id)
+    german = client.get(path, headers={"Accept-Language": "de-DE,de;q=0.9"})
+    assert "Keine Benachrichtigungen mehr per E-Mail?" in german.get_data(as_text=True)
+    english = client.get(path).get_data(as_text=True)
+    assert "Stop notification emails?" in english and ">Unsubscribe<" in english
+    assert "Push notifications and your orders stay as they are." in english
+
+
 def test_tracking_link_subscription_hears_default_statuses_in_browser_language(
     merchant: MerchantActions, client: FlaskClient, push: PushService, worker: Worker
 ) -> None:
@@ -424,7 +459,7 @@ def test_worker_started_by_the_app_delivers_without_help(
 def test_tracking_link_subscription_is_forgotten_30_days_after_delivery(
     app: Flask, merchant: MerchantActions, client: FlaskClient, push: PushService
 ) -> None:
-    from waybill.notify import outbox
+    from waybill.notify import subscriptions
     from waybill.notify.models import PushSubscription
 
     order = merchant.create_order("anon@example.com")
@@ -439,9 +474,9 @@ def test_tracking_link_subscription_is_forgotten_30_days_after_delivery(
     engine = app.extensions["waybill.engine"]
     now = datetime.now(UTC)
     with Session(engine) as s, s.begin():
-        assert outbox.expire_anonymous(s, now=now + timedelta(days=29)) == 0
+        assert subscriptions.expire_anonymous(s, now=now + timedelta(days=29)) == 0
     with Session(engine) as s, s.begin():
-        assert outbox.expire_anonymous(s, now=now + timedelta(days=31)) == 1
+        assert subscriptions.expire_anonymous(s, now=now + timedelta(days=31)) == 1
     with Session(engine) as s:
         assert s.exec(select(PushSubscription)).all() == []
 
@@ -477,7 +512,7 @@ def test_one_browser_subscribed_twice_hears_each_change_once(
 def test_anonymous_devices_per_order_are_bounded(
     merchant: MerchantActions, client: FlaskClient, push: PushService
 ) -> None:
-    from waybill.api.notifications import MAX_DEVICES_PER_ORDER
+    from waybill.notify.subscriptions import MAX_DEVICES_PER_ORDER
 
     order = merchant.create_order("many@example.com")
     path = f"/api/track/{order['tracking_url'].rsplit('/', 1)[1]}/push-subscriptions"

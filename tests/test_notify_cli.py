@@ -14,7 +14,7 @@ from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.utils.factories import make_merchant
 from tests.utils.push_service import PushService
 from waybill import create_app
-from waybill.notify.webpush import b64url
+from waybill.notify.vapid import b64url
 
 WAYBILL = str(Path(sys.executable).with_name("waybill"))
 

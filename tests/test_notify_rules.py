@@ -12,13 +12,8 @@ from tests.utils.push_service import unb64url
 from waybill.notify import content, preferences
 from waybill.notify.preferences import ChangeInfo, InvalidPreferences, should_notify
 from waybill.notify.subscriptions import endpoint_error, key_errors
-from waybill.notify.webpush import (
-    PushSender,
-    VapidKeys,
-    classify,
-    origin_of,
-    retry_after_seconds,
-)
+from waybill.notify.vapid import VapidKeys
+from waybill.notify.webpush import PushSender, classify, origin_of, retry_after_seconds
 
 
 def change(status: str, before: str | None = "shipped", muted: bool = False) -> ChangeInfo:

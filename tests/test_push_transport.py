@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.utils.proxy import ForwardProxy
 from tests.utils.push_service import BrowserSubscription, b64url
 from tests.utils.raw_push import Answer, RawPushReceiver
-from waybill.notify.webpush import Outgoing, PushResult, PushSender, Subscription, VapidKeys
+from waybill.notify.vapid import VapidKeys
+from waybill.notify.webpush import Outgoing, PushResult, PushSender, Subscription
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ def init_app(app: Flask) -> None:
     The worker starts with the app and again in any process forked from it (gunicorn workers
     with a preloaded app): the first request a new process serves starts that process's own.
     """
-    from waybill.notify.webpush import load_vapid
+    from waybill.notify.vapid import load_vapid
 
     settings = app.config["WAYBILL_SETTINGS"]
     app.extensions["waybill.vapid"] = load_vapid(settings)

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
+
+from waybill.notify.preferences import zone
 
 #: RFC 8291 leaves 3,993 bytes of plaintext in a 4,096-byte aes128gcm record.
 MAX_PAYLOAD = 3993
@@ -63,11 +64,11 @@ _TEXT: dict[str, dict[str, str]] = {
         "tomorrow": "kommt morgen",
         "on": "kommt am {date}",
         "from": "Von {merchant}",
-        "delivered": "Viel Freude mit Ihrer Bestellung von {merchant}.",
+        "delivered": "Viel Freude mit deiner Bestellung von {merchant}.",
         "attempted": "{merchant}: Der Zusteller versucht es erneut.",
         "pickup": "{merchant}: Bitte mit Ausweis abholen.",
         "track": "Sendung verfolgen",
-        "why": "Sie erhalten diese E-Mail, weil Sie diese Bestellung bei Waybill verfolgen.",
+        "why": "Du erhältst diese E-Mail, weil du diese Bestellung bei Waybill verfolgst.",
         "unsubscribe": "Diese E-Mails abbestellen",
     },
 }
@@ -102,11 +103,8 @@ def _lang(language: str) -> str:
 
 def estimate_phrase(estimate: datetime, now: datetime, language: str, timezone: str) -> str:
     t = _TEXT[_lang(language)]
-    try:
-        zone = ZoneInfo(timezone)
-    except Exception:
-        zone = ZoneInfo("UTC")
-    day, today = estimate.astimezone(zone).date(), now.astimezone(zone).date()
+    local = zone(timezone)
+    day, today = estimate.astimezone(local).date(), now.astimezone(local).date()
     if day == today:
         return t["today"]
     if (day - today).days == 1:

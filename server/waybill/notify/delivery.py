@@ -9,8 +9,6 @@ encrypted while the previous one is in flight.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import logging
 import os
@@ -21,47 +19,37 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from waybill.auth.tokens import open_tracking_token
 from waybill.config import Settings
 from waybill.db import read_engine
 from waybill.models import Customer, Merchant, Order, utcnow
-from waybill.notify import content, mail, outbox, preferences
+from waybill.notify import content, mail, outbox, preferences, subscriptions
 from waybill.notify.models import OutboxMessage, PushSubscription
-from waybill.notify.webpush import (
-    Outgoing,
-    PushResult,
-    PushSender,
-    Subscription,
-    b64url,
-    describe_error,
-    load_vapid,
-    topic_for,
-    ttl_for,
-    urgency_for,
-)
+from waybill.notify.push_policy import topic_for, ttl_for, urgency_for
+from waybill.notify.unsubscribe import unsubscribe_url
+from waybill.notify.vapid import load_vapid
+from waybill.notify.webpush import Outgoing, PushResult, PushSender, Subscription, describe_error
+from waybill.orders import tracking_url
 
 log = logging.getLogger("waybill.notify")
 
 MAIL_THREADS = 8  # mails sent at once, and SMTP connections open at most, per worker
 
 
-def unsubscribe_token(secret: str, customer_id: int) -> str:
-    """A link token that turns one customer's notification emails off (and nothing else)."""
-    mac = hmac.new(secret.encode(), f"unsubscribe:{customer_id}".encode(), hashlib.sha256)
-    return f"{customer_id}.{b64url(mac.digest()[:18])}"
+class _OrderColumns(NamedTuple):
+    """The order columns a notification needs, read without building an ``Order``."""
 
-
-def read_unsubscribe_token(secret: str, token: str) -> int | None:
-    cid, _, _sig = token.partition(".")
-    if not cid.isdigit() or len(cid) > 18:
-        return None
-    expected = unsubscribe_token(secret, int(cid))
-    return int(cid) if hmac.compare_digest(expected.encode(), token.encode()) else None
+    id: int
+    external_id: str
+    merchant_id: int
+    customer_id: int
+    tracking_token_sealed: str
+    tracking_token_hash: str
+    estimated_delivery: Any
 
 
 @dataclass
@@ -208,7 +196,7 @@ class Worker:
             return
         self._last_cleanup = now
         with Session(self.engine) as session, session.begin():
-            outbox.expire_anonymous(session, now=now)
+            subscriptions.expire_anonymous(session, now=now)
 
     # --- one batch ---------------------------------------------------------------------------
 
@@ -259,7 +247,7 @@ class Worker:
         with Session(read_engine(self.engine)) as session:
             joined = session.exec(query).all()  # type: ignore[call-overload]
         rows = [r[0:7] for r in joined]
-        orders = {r[7]: r[7:14] for r in joined if r[7] is not None}
+        orders = {r[7]: _OrderColumns(*r[7:14]) for r in joined if r[7] is not None}
         merchants = {r[9]: r[14] for r in joined if r[7] is not None}
         customers = {r[15]: r[15:19] for r in joined if r[15] is not None}
         subs = {r[19]: r[19:25] for r in joined if r[19] is not None}
@@ -274,16 +262,7 @@ class Worker:
         jobs: list[Callable[[], outbox.Outcome]] = []
         pushes: list[tuple[int, Outgoing]] = []
         prepare_one = self._prepare_row(orders, merchants, subs, prefs_for, token, now)
-        # Two statuses of one order for one destination in a batch would race each other to
-        # the phone: only the newest goes.
-        newest: dict[tuple[int, str], int] = {}
-        for row in rows:
-            key = (row[1], row[2])
-            newest[key] = max(newest.get(key, 0), row[3])
-        for row in rows:
-            if row[3] < newest[(row[1], row[2])]:
-                jobs.append(_const(outbox.Outcome(row[0], "superseded", "a newer status")))
-                continue
+        for row in rows:  # ``outbox.claim`` left one per order and destination
             try:
                 job = prepare_one(*row)
             except Exception as exc:  # one row that cannot be built fails alone
@@ -300,7 +279,7 @@ class Worker:
 
     def _prepare_row(
         self,
-        orders: dict[int, Any],
+        orders: dict[int, _OrderColumns],
         merchants: dict[int, Any],
         subs: dict[int, Any],
         prefs_for: Callable[[int], preferences.Preferences | None],
@@ -319,16 +298,17 @@ class Worker:
             order = orders.get(order_id)
             if order is None:
                 return _const(outbox.Outcome(row_id, "dropped", "order gone"))
-            _, number, merchant_id, customer_id, sealed, token_hash, estimate = order
-            tracking_token = open_tracking_token(self.settings.secret_key, sealed, token_hash)
+            # An ``Order`` would cost more than the encryption; the link reads only its tokens.
+            url = tracking_url(self.settings.base_url, self.settings.secret_key, cast(Order, order))
             facts = content.OrderFacts(
                 order_id=order_id,
-                number=number,
-                merchant=merchants.get(merchant_id, ""),
+                number=order.external_id,
+                merchant=merchants.get(order.merchant_id, ""),
                 status=status,
-                url=f"{self.settings.base_url}/t/{tracking_token}",
-                estimated_delivery=estimate,
+                url=url,
+                estimated_delivery=order.estimated_delivery,
             )
+            customer_id = order.customer_id
             prefs = prefs_for(customer_id)
             if channel == "push":
                 sub = subs.get(sub_id) if sub_id else None
@@ -371,10 +351,7 @@ class Worker:
         now: datetime,
     ) -> Callable[[], outbox.Outcome]:
         msg = content.message(facts, language=prefs.language, now=now, timezone=prefs.timezone)
-        url = (
-            f"{self.settings.base_url}/unsubscribe/"
-            f"{unsubscribe_token(self.settings.secret_key, customer_id)}"
-        )
+        url = unsubscribe_url(self.settings.base_url, self.settings.secret_key, customer_id)
         text, html = content.email_parts(facts, msg, language=prefs.language, unsubscribe_url=url)
         message = mail.build_message(
             self.settings,

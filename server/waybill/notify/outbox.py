@@ -4,7 +4,8 @@
   its change is committed; the unique ``dedupe_key`` (change, destination) keeps a retried
   transaction or a replayed event from queueing one twice.
 * Quiet hours are a ``due_at`` in the future; a newer status for the same order and destination
-  supersedes a held (or backing-off) older one, so one notification per order goes out.
+  supersedes a held (or backing-off) older one, so one notification per order goes out
+  (``supersede_older``, the one place that rule lives).
 * ``claim`` leases due rows to one worker: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite
   the engine's ``BEGIN IMMEDIATE`` makes every claim a single writer. A worker that dies leaves
   its lease to run out, and the rows are claimed again.
@@ -25,11 +26,16 @@ from sqlmodel import Session, col, select
 from waybill.models import Change, Customer, Order, utcnow
 from waybill.notify import preferences
 from waybill.notify.models import OrderMute, OutboxMessage, PushSubscription
-from waybill.tracking.statuses import is_terminal
+from waybill.notify.subscriptions import (
+    anonymous_expiry,
+    customer_scope,
+    forget_subscriptions,
+    in_scope,
+    order_scope,
+)
 
 PUSH_DEADLINE = timedelta(hours=24)
 EMAIL_DEADLINE = timedelta(hours=24)
-ANONYMOUS_KEEP = timedelta(days=30)
 BACKOFF_BASE = 2.0  # seconds
 BACKOFF_CAP = 15 * 60.0
 MAX_ATTEMPTS = 8  # then the row is dead-lettered (state "dead", with its last error)
@@ -43,6 +49,29 @@ def customer_preferences(customer: Customer) -> preferences.Preferences:
     )
 
 
+def save_preferences(session: Session, customer: Customer, prefs: preferences.Preferences) -> None:
+    """Store the customer's preferences; notifications they hold back follow at once."""
+    customer.preferences = prefs.to_dict()
+    session.add(customer)
+    session.flush()
+    reevaluate(session, customer)
+
+
+def set_muted(session: Session, customer: Customer, order_id: int, *, muted: bool) -> None:
+    """Silence one of the customer's orders on every channel, or let it speak again."""
+    mute = session.get(OrderMute, order_id)
+    if muted and mute is None:
+        session.add(OrderMute(order_id=order_id))
+    elif not muted and mute is not None:
+        session.delete(mute)
+    session.flush()
+    reevaluate(session, customer)
+
+
+def is_muted(session: Session, order_id: int) -> bool:
+    return session.get(OrderMute, order_id) is not None
+
+
 def enqueue_change(
     session: Session, change: Change, order: Order, *, now: datetime | None = None
 ) -> int:
@@ -50,7 +79,7 @@ def enqueue_change(
     if change.status_before == change.status_after:
         return 0  # a second in_transit scan updates the timeline, not the phone
     now = now or utcnow()
-    muted = session.get(OrderMute, order.id) is not None
+    muted = is_muted(session, order.id)  # type: ignore[arg-type]
     info = preferences.ChangeInfo(order.id, change.status_after, change.status_before, muted)
     rows: list[OutboxMessage] = []
 
@@ -61,11 +90,7 @@ def enqueue_change(
     if customer is not None:
         decision = preferences.should_notify(info, customer_preferences(customer), now)
         due = decision.hold_until or now
-        own = list(
-            session.exec(
-                select(PushSubscription).where(PushSubscription.scope == f"customer:{customer.id}")
-            )
-        )
+        own = in_scope(session, customer_scope(customer.id))  # type: ignore[arg-type]
         customer_endpoints = {sub.endpoint_hash for sub in own}
         if "push" in decision.channels:
             for sub in own:
@@ -73,9 +98,7 @@ def enqueue_change(
         if "email" in decision.channels:
             rows.append(_row(change, order, "email", customer.email, None, due, now))
 
-    anonymous = list(
-        session.exec(select(PushSubscription).where(PushSubscription.scope == f"order:{order.id}"))
-    )
+    anonymous = in_scope(session, order_scope(order.id))  # type: ignore[arg-type]
     if anonymous:
         decision = preferences.should_notify(info, preferences.anonymous(), now)
         for sub in anonymous:
@@ -84,14 +107,17 @@ def enqueue_change(
                 row = _row(change, order, "push", f"sub:{sub.id}", sub.id, now, now)
                 row.customer_id = None
                 rows.append(row)
-            if is_terminal(change.status_after):
-                sub.expires_at = now + ANONYMOUS_KEEP
-            else:
-                sub.expires_at = None
+            sub.expires_at = anonymous_expiry(change.status_after, now)
             session.add(sub)
 
     for row in rows:
-        _supersede_older(session, row, now)
+        supersede_older(
+            session,
+            order_id=row.order_id,
+            destination=row.destination,
+            change_id=row.change_id,
+            now=now,
+        )
         session.add(row)
     if rows:
         session.flush()
@@ -122,19 +148,39 @@ def _row(
     )
 
 
-def _supersede_older(session: Session, row: OutboxMessage, now: datetime) -> None:
-    """An older notification of the order to the same destination that has not gone out yet
-    (due, held for quiet hours, or backing off) is replaced by this one. One in flight is left
-    to finish: ``claim`` holds this one back until it has."""
+def supersede_older(
+    session: Session,
+    *,
+    order_id: int,
+    destination: str,
+    change_id: int,
+    now: datetime,
+    batch: str | None = None,
+) -> None:
+    """Only the latest goes: a notification of the order to the same destination about a
+    change older than ``change_id`` that has not gone out yet (due, held for quiet hours, or
+    backing off) is replaced by it. One in flight is left to finish: ``claim`` holds the newer
+    one back until it has, and ``record`` drops the older one should it need another try.
+
+    ``batch``: only the rows leased to that claim (two of one batch would race to the phone);
+    the rows another worker holds are never touched, or two claims could wait on each other.
+    """
+    if batch is None:
+        waiting = sa.or_(
+            col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now
+        )
+    else:
+        waiting = col(OutboxMessage.lease_owner) == batch
     session.exec(  # type: ignore[call-overload]
         sa.update(OutboxMessage)
         .where(
-            col(OutboxMessage.order_id) == row.order_id,
-            col(OutboxMessage.destination) == row.destination,
+            col(OutboxMessage.order_id) == order_id,
+            col(OutboxMessage.destination) == destination,
+            col(OutboxMessage.change_id) < change_id,
             col(OutboxMessage.state) == "pending",
-            sa.or_(col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now),
+            waiting,
         )
-        .values(state="superseded", done_at=now)
+        .values(state="superseded", done_at=now, lease_until=None, last_error="a newer status")
     )
 
 
@@ -179,10 +225,12 @@ def reevaluate(session: Session, customer: Customer, *, now: datetime | None = N
 def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timedelta) -> list[int]:
     """Lease up to ``limit`` due rows to ``owner`` (a token per batch); returns their ids.
     A row waits while another row of its order and destination is in flight (that one is the
-    older: a newer change supersedes every older row not in flight).
+    older: a newer change supersedes every older row not in flight); of two rows of one order
+    and destination in the batch, the older is superseded at once.
 
     One statement: ``UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED])
-    RETURNING id``; the batch is then read back by its owner token, without id lists."""
+    RETURNING id, …`` (and one more for each order and destination claimed twice); the batch
+    is then read back by its owner token, without id lists."""
     # (order, destination) pairs with a message in flight: few, and read once (a hashed
     # subplan), never once per candidate row.
     in_flight = select(OutboxMessage.order_id, OutboxMessage.destination).where(
@@ -214,8 +262,29 @@ def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timed
             sa.update(OutboxMessage)
             .where(col(OutboxMessage.id).in_(due.scalar_subquery()))
             .values(lease_until=now + lease, lease_owner=owner)
-            .returning(OutboxMessage.id)
-        )
+            .returning(
+                OutboxMessage.id,
+                OutboxMessage.order_id,
+                OutboxMessage.destination,
+                OutboxMessage.change_id,
+            )
+        ).all()
+        newest: dict[tuple[int, str], int] = {}
+        shared: set[tuple[int, str]] = set()
+        for _, order_id, destination, change_id in claimed:
+            key = (order_id, destination)
+            if key in newest:
+                shared.add(key)
+            newest[key] = max(newest.get(key, change_id), change_id)
+        for order_id, destination in shared:
+            supersede_older(
+                session,
+                order_id=order_id,
+                destination=destination,
+                change_id=newest[(order_id, destination)],
+                now=now,
+                batch=owner,
+            )
         return [row[0] for row in claimed]
 
 
@@ -224,7 +293,7 @@ class Outcome:
     """What became of one claimed row."""
 
     row_id: int
-    result: str  # sent | gone | retry | rejected | dropped | superseded
+    result: str  # sent | gone | retry | rejected | dropped
     detail: str = ""
     retry_after: float | None = None
 
@@ -309,8 +378,6 @@ def record(session: Session, *, owner: str, outcomes: Sequence[Outcome], now: da
             row.state, row.done_at = "dropped", now
             if row.subscription_id is not None:
                 gone.add(row.subscription_id)
-        elif outcome.result == "superseded":
-            row.state, row.done_at = "superseded", now
         else:  # rejected or dropped: sending again cannot help
             row.state, row.done_at = ("failed" if outcome.result == "rejected" else "dropped"), now
         session.add(row)
@@ -380,36 +447,3 @@ def record_one(engine: Engine, outcome: Outcome, *, owner: str, now: datetime) -
             )
             .values(state="sent", done_at=now, lease_until=None)
         )
-
-
-def forget_subscriptions(session: Session, ids: set[int], *, now: datetime) -> None:
-    """Delete subscriptions and drop whatever was still waiting for them."""
-    session.exec(  # type: ignore[call-overload]
-        sa.update(OutboxMessage)
-        .where(
-            col(OutboxMessage.subscription_id).in_(ids),
-            OutboxMessage.state == "pending",
-            col(OutboxMessage.lease_until).is_(None),
-        )
-        .values(state="dropped", done_at=now, last_error="subscription gone")
-    )
-    session.exec(  # type: ignore[call-overload]
-        sa.delete(PushSubscription).where(col(PushSubscription.id).in_(ids))
-    )
-
-
-def expire_anonymous(session: Session, *, now: datetime) -> int:
-    """Forget tracking-link subscriptions 30 days after their order reached a terminal status."""
-    ids = set(
-        i
-        for i in session.exec(
-            select(PushSubscription.id).where(
-                col(PushSubscription.expires_at).is_not(None),
-                col(PushSubscription.expires_at) < now,
-            )
-        )
-        if i is not None
-    )
-    if ids:
-        forget_subscriptions(session, ids, now=now)
-    return len(ids)

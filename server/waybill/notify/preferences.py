@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo, available_timezones
 
 from waybill.tracking.statuses import ALL_STATUSES, Status
 
@@ -118,6 +118,12 @@ def is_zone(name: str) -> bool:
     return name in _ZONES
 
 
+def zone(name: str) -> ZoneInfo:
+    """The time zone ``name`` names; UTC for one that is none (a stored value may predate the
+    check, and a message is better in UTC than not at all)."""
+    return ZoneInfo(name if is_zone(name) else "UTC")
+
+
 def parse(data: dict[str, Any], *, base: Preferences | None = None) -> Preferences:
     """Validate a preferences object from JSON; raises ``InvalidPreferences`` with every field."""
     base = base or defaults()
@@ -205,11 +211,8 @@ def in_quiet_hours(prefs: Preferences, now: datetime) -> datetime | None:
     quiet = prefs.quiet_hours
     if quiet is None or quiet.start == quiet.end:
         return None
-    try:
-        zone = ZoneInfo(prefs.timezone)
-    except ZoneInfoNotFoundError:
-        zone = ZoneInfo("UTC")
-    local = now.astimezone(zone)
+    local_zone = zone(prefs.timezone)
+    local = now.astimezone(local_zone)
     t = local.time().replace(tzinfo=None)
     if quiet.start < quiet.end:
         inside = quiet.start <= t < quiet.end
@@ -217,9 +220,9 @@ def in_quiet_hours(prefs: Preferences, now: datetime) -> datetime | None:
         inside = t >= quiet.start or t < quiet.end
     if not inside:
         return None
-    end = datetime.combine(local.date(), quiet.end, tzinfo=zone)
+    end = datetime.combine(local.date(), quiet.end, tzinfo=local_zone)
     if end <= local:
-        end = datetime.combine(local.date() + timedelta(days=1), quiet.end, tzinfo=zone)
+        end = datetime.combine(local.date() + timedelta(days=1), quiet.end, tzinfo=local_zone)
     return end.astimezone(UTC)
 
 

@@ -1,7 +1,10 @@
-"""Push subscriptions: which endpoints we accept, and keeping one row per browser and scope.
+"""Push subscriptions: which endpoints we accept, and the rules of keeping them.
 
 Only the known push services over https (plus ``WAYBILL_PUSH_ENDPOINT_HOSTS``) are accepted,
-so nobody can make the server POST to an address of their choosing.
+so nobody can make the server POST to an address of their choosing. One row per browser and
+scope (a customer's account, or one order's "Notify me"); one browser belongs to the customer
+who turned push on in it last; an order has a bounded number of anonymous devices, and they
+are forgotten 30 days after the order is done.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -16,9 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session, col, select
 
 from waybill.devices import device_label
-from waybill.models import utcnow
-from waybill.notify.models import PushSubscription
-from waybill.notify.webpush import b64url_decode
+from waybill.errors import ApiError
+from waybill.models import AuthSession, utcnow
+from waybill.notify.models import OutboxMessage, PushSubscription
+from waybill.notify.vapid import b64url_decode
+from waybill.tracking.statuses import is_terminal
 
 #: Push services' hosts (a name and every subdomain of it).
 KNOWN_PUSH_HOSTS: tuple[str, ...] = (
@@ -29,6 +35,11 @@ KNOWN_PUSH_HOSTS: tuple[str, ...] = (
     "notify.windows.com",  # Edge on Windows (*.notify.windows.com)
 )
 
+
+#: Anonymous "Notify me" devices one order may have: one status change fans out to each.
+MAX_DEVICES_PER_ORDER = 20
+#: How long a tracking link's subscription outlives its order reaching a terminal status.
+ANONYMOUS_KEEP = timedelta(days=30)
 
 _URL_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 _HOSTNAME = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]|[0-9a-f:]+")
@@ -84,6 +95,14 @@ def key_errors(p256dh: str, auth: str) -> dict[str, str]:
     return errors
 
 
+def customer_scope(customer_id: int) -> str:
+    return f"customer:{customer_id}"
+
+
+def order_scope(order_id: int) -> str:
+    return f"order:{order_id}"
+
+
 def endpoint_hash(endpoint: str) -> str:
     return hashlib.sha256(endpoint.encode()).hexdigest()
 
@@ -103,18 +122,13 @@ def save(
 ) -> tuple[PushSubscription, bool]:
     """Store the subscription; the same endpoint again only refreshes its keys (and moves it
     to the sign-in registering it now)."""
-    h = endpoint_hash(endpoint)
-    sub = session.exec(
-        select(PushSubscription).where(
-            PushSubscription.scope == scope, PushSubscription.endpoint_hash == h
-        )
-    ).first()
+    sub = find(session, scope=scope, endpoint=endpoint)
     created = sub is None
     if sub is None:
         sub = PushSubscription(
             scope=scope,
             endpoint=endpoint,
-            endpoint_hash=h,
+            endpoint_hash=endpoint_hash(endpoint),
             customer_id=customer_id,
             order_id=order_id,
             p256dh=p256dh,
@@ -129,17 +143,136 @@ def save(
     return sub, created
 
 
-def held_by_other_customers(session: Session, *, customer_id: int, endpoint: str) -> set[int]:
-    """Ids of other customers' rows for this endpoint. One endpoint is one browser: whoever
-    signed in and turned push on last owns it, so a shared device stops getting the previous
+def subscribe_customer(
+    session: Session,
+    *,
+    customer_id: int,
+    endpoint: str,
+    p256dh: str,
+    auth: str,
+    label: str,
+    language: str,
+    auth_session_id: int | None,
+    now: datetime,
+) -> PushSubscription:
+    """Push on for the customer in this browser. One endpoint is one browser: whoever signed
+    in and turned push on last owns it, so a shared device stops getting the previous
     customer's orders."""
+    others = held_by_other_customers(session, customer_id=customer_id, endpoint=endpoint)
+    if others:
+        forget_subscriptions(session, others, now=now)
+    sub, _ = save(
+        session,
+        scope=customer_scope(customer_id),
+        endpoint=endpoint,
+        p256dh=p256dh,
+        auth=auth,
+        label=label,
+        language=language,
+        customer_id=customer_id,
+        auth_session_id=auth_session_id,
+    )
+    return sub
+
+
+def follow_order(
+    session: Session,
+    *,
+    order_id: int,
+    order_status: str,
+    endpoint: str,
+    p256dh: str,
+    auth: str,
+    label: str,
+    language: str,
+    now: datetime,
+) -> PushSubscription:
+    """A tracking link's "Notify me", no account: at most ``MAX_DEVICES_PER_ORDER`` browsers
+    per order (a known one only renews), each kept until ``ANONYMOUS_KEEP`` after the order
+    is done; ``429`` for one too many."""
+    scope = order_scope(order_id)
+    if (
+        find(session, scope=scope, endpoint=endpoint) is None
+        and count_in_scope(session, scope) >= MAX_DEVICES_PER_ORDER
+    ):
+        raise ApiError(
+            429,
+            "too_many_subscriptions",
+            f"at most {MAX_DEVICES_PER_ORDER} devices can follow one order without an account",
+        )
+    sub, _ = save(
+        session,
+        scope=scope,
+        endpoint=endpoint,
+        p256dh=p256dh,
+        auth=auth,
+        label=label,
+        language=language,
+        order_id=order_id,
+    )
+    if sub.expires_at is None:  # subscribing again does not push the end further out
+        sub.expires_at = anonymous_expiry(order_status, now)
+        session.add(sub)
+    return sub
+
+
+def anonymous_expiry(status: str, now: datetime) -> datetime | None:
+    """When an order's anonymous subscriptions are forgotten, seen from a change to
+    ``status`` at ``now``: ``ANONYMOUS_KEEP`` after it became terminal; never while it moves."""
+    return now + ANONYMOUS_KEEP if is_terminal(status) else None
+
+
+def expire_anonymous(session: Session, *, now: datetime) -> int:
+    """Forget tracking-link subscriptions whose time is up; returns how many."""
+    ids = set(
+        i
+        for i in session.exec(
+            select(PushSubscription.id).where(
+                col(PushSubscription.expires_at).is_not(None),
+                col(PushSubscription.expires_at) < now,
+            )
+        )
+        if i is not None
+    )
+    if ids:
+        forget_subscriptions(session, ids, now=now)
+    return len(ids)
+
+
+def forget_subscriptions(session: Session, ids: set[int], *, now: datetime) -> None:
+    """Delete subscriptions and drop whatever was still waiting for them."""
+    session.exec(  # type: ignore[call-overload]
+        sa.update(OutboxMessage)
+        .where(
+            col(OutboxMessage.subscription_id).in_(ids),
+            OutboxMessage.state == "pending",
+            col(OutboxMessage.lease_until).is_(None),
+        )
+        .values(state="dropped", done_at=now, last_error="subscription gone")
+    )
+    session.exec(  # type: ignore[call-overload]
+        sa.delete(PushSubscription).where(col(PushSubscription.id).in_(ids))
+    )
+
+
+def forget_endpoint(session: Session, *, scope: str, endpoint: str, now: datetime) -> bool:
+    """Forget this browser in this scope (push turned off in it); False if it was not known."""
+    sub = find(session, scope=scope, endpoint=endpoint)
+    if sub is None:
+        return False
+    forget_subscriptions(session, {sub.id}, now=now)  # type: ignore[arg-type]
+    return True
+
+
+def held_by_other_customers(session: Session, *, customer_id: int, endpoint: str) -> set[int]:
+    """Ids of other customers' rows for this endpoint."""
     return {
         sub.id  # type: ignore[misc]
         for sub in session.exec(
             select(PushSubscription).where(
                 PushSubscription.endpoint_hash == endpoint_hash(endpoint),
                 col(PushSubscription.scope).startswith("customer:"),
-                PushSubscription.scope != f"customer:{customer_id}",
+                PushSubscription.scope != customer_scope(customer_id),
             )
         )
     }
@@ -160,12 +293,24 @@ def find(session: Session, *, scope: str, endpoint: str) -> PushSubscription | N
     ).first()
 
 
+def in_scope(session: Session, scope: str) -> list[PushSubscription]:
+    """A customer's devices (``customer_scope``) or an order's followers (``order_scope``),
+    oldest first."""
+    return list(
+        session.exec(
+            select(PushSubscription)
+            .where(PushSubscription.scope == scope)
+            .order_by(col(PushSubscription.id))
+        )
+    )
+
+
 def of_customer(session: Session, customer_id: int) -> set[int]:
     """Ids of every push subscription of the customer's account (not their tracking links')."""
     return {
         i
         for i in session.exec(
-            select(PushSubscription.id).where(PushSubscription.scope == f"customer:{customer_id}")
+            select(PushSubscription.id).where(PushSubscription.scope == customer_scope(customer_id))
         )
         if i is not None
     }
@@ -180,14 +325,12 @@ def of_device(
     (:func:`waybill.devices.device_label`) is
     that browser's. The second rule errs on the safe side: another device of the same kind
     ("Safari on iPhone") of the same customer may lose its subscription too."""
-    from waybill.models import AuthSession
-
     ended = select(AuthSession.id).where(col(AuthSession.revoked_at).is_not(None))
     return {
         i
         for i in session.exec(
             select(PushSubscription.id).where(
-                PushSubscription.scope == f"customer:{customer_id}",
+                PushSubscription.scope == customer_scope(customer_id),
                 sa.or_(
                     col(PushSubscription.auth_session_id) == auth_session_id,
                     sa.and_(

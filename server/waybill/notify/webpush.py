@@ -1,8 +1,9 @@
-"""Web Push: the VAPID identity and the sender.
+"""The Web Push transport: encrypts each message and POSTs it to its push service.
 
-pywebpush signs a new JWT on every call, rewrites the claims dict it is given and has no
-timeout of its own; so the sender signs one VAPID header per push-service origin and reuses it
-until an hour before it expires, encrypts with the same ``http_ece`` call pywebpush makes
+It signs with ``vapid.py``'s identity and sends the TTL, urgency and topic ``push_policy.py``
+chose. pywebpush signs a new JWT on every call, rewrites the claims dict it is given and has
+no timeout of its own; so the sender signs one VAPID header per push-service origin and reuses
+it until an hour before it expires, encrypts with the same ``http_ece`` call pywebpush makes
 (RFC 8291, aes128gcm), and sends over aiohttp: one event loop thread with hundreds of requests
 in flight on pooled keep-alive connections. One send path, the one the outbox worker uses.
 
@@ -15,9 +16,7 @@ close``, HTTP/1.0); ``HTTPS_PROXY``/``HTTP_PROXY`` from the environment; one tim
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
 import ssl
 import threading
 import time
@@ -25,95 +24,23 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import http_ece
 from aiohttp.helpers import get_env_proxy_for_url
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 from yarl import URL
 
-from waybill.config import ConfigError, Settings, private_dir
+from waybill.notify.vapid import VapidKeys, b64url_decode
 
 log = logging.getLogger("waybill.webpush")
 
-KEY_FILE = "vapid_private_key.pem"
 JWT_LIFETIME = 12 * 3600  # seconds; RFC 8292 allows at most 24 h
 JWT_REFRESH_BEFORE = 3600  # re-sign an hour before the header expires
-HIGH_URGENCY = frozenset({"out_for_delivery", "delivered", "attempted", "exception"})
-#: How long a push service keeps a message for an offline phone, per status (seconds).
-TTL_BY_STATUS = {"out_for_delivery": 6 * 3600, "attempted": 24 * 3600, "delivered": 24 * 3600}
-DEFAULT_TTL = 2 * 24 * 3600
 KEEPALIVE = 15.0  # seconds an idle connection is kept: well under what NATs and services allow
 MAX_REPLY = 64 * 1024  # bytes of a push service's reply body read (they answer small)
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-@dataclass(frozen=True)
-class VapidKeys:
-    private_key: ec.EllipticCurvePrivateKey
-
-    @property
-    def public_key(self) -> str:
-        """The application server key the browser subscribes with (uncompressed point)."""
-        raw = self.private_key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        return b64url(raw)
-
-
-def parse_private_key(text: str) -> ec.EllipticCurvePrivateKey:
-    """A P-256 private key given as PEM or as base64url of the raw 32-byte scalar."""
-    text = text.strip()
-    try:
-        if text.startswith("-----BEGIN"):
-            key = serialization.load_pem_private_key(text.encode(), password=None)
-        else:
-            raw = b64url_decode(text)
-            if len(raw) != 32:
-                raise ValueError("not 32 bytes")
-            key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
-    except ValueError as exc:
-        raise ConfigError(f"WAYBILL_VAPID_PRIVATE_KEY is not a P-256 private key: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise ConfigError("WAYBILL_VAPID_PRIVATE_KEY must be a P-256 (prime256v1) key")
-    return key
-
-
-def load_vapid(settings: Settings, *, create: bool = True) -> VapidKeys:
-    """The VAPID key pair: from the environment, else the instance dir (made once if missing)."""
-    if settings.vapid_private_key:
-        return VapidKeys(parse_private_key(settings.vapid_private_key))
-    path = Path(settings.instance_dir) / KEY_FILE
-    if not path.exists():
-        if not create:
-            raise ConfigError("no VAPID key: set WAYBILL_VAPID_PRIVATE_KEY or run `waybill init`")
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        private_dir(path.parent)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            pass
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-            return VapidKeys(key)
-    return VapidKeys(parse_private_key(path.read_text()))
 
 
 @dataclass(frozen=True)
@@ -155,19 +82,6 @@ def origin_of(endpoint: str) -> str:
     start = endpoint.find("//") + 2
     cuts = [i for i in (endpoint.find(c, start) for c in "/?#") if i >= 0]
     return endpoint[: min(cuts)] if cuts else endpoint
-
-
-def ttl_for(status: str) -> int:
-    return TTL_BY_STATUS.get(status, DEFAULT_TTL)
-
-
-def urgency_for(status: str) -> str:
-    return "high" if status in HIGH_URGENCY else "normal"
-
-
-def topic_for(order_id: int) -> str:
-    """At most 32 URL-safe characters, one per order: a newer status replaces an older one."""
-    return f"order-{order_id}"[:32]
 
 
 class PushSender:

@@ -1,0 +1,85 @@
+"""The server's Web Push identity (RFC 8292): one P-256 key pair, and the base64url encoding
+every Web Push key and header is written in.
+
+The key comes from ``WAYBILL_VAPID_PRIVATE_KEY`` or is made once into the instance directory;
+a browser subscribed with its public key hears only a sender holding the private one.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from waybill.config import ConfigError, Settings, private_dir
+
+KEY_FILE = "vapid_private_key.pem"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class VapidKeys:
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def public_key(self) -> str:
+        """The application server key the browser subscribes with (uncompressed point)."""
+        raw = self.private_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return b64url(raw)
+
+
+def parse_private_key(text: str) -> ec.EllipticCurvePrivateKey:
+    """A P-256 private key given as PEM or as base64url of the raw 32-byte scalar."""
+    text = text.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_private_key(text.encode(), password=None)
+        else:
+            raw = b64url_decode(text)
+            if len(raw) != 32:
+                raise ValueError("not 32 bytes")
+            key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+    except ValueError as exc:
+        raise ConfigError(f"WAYBILL_VAPID_PRIVATE_KEY is not a P-256 private key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ConfigError("WAYBILL_VAPID_PRIVATE_KEY must be a P-256 (prime256v1) key")
+    return key
+
+
+def load_vapid(settings: Settings, *, create: bool = True) -> VapidKeys:
+    """The VAPID key pair: from the environment, else the instance dir (made once if missing)."""
+    if settings.vapid_private_key:
+        return VapidKeys(parse_private_key(settings.vapid_private_key))
+    path = Path(settings.instance_dir) / KEY_FILE
+    if not path.exists():
+        if not create:
+            raise ConfigError("no VAPID key: set WAYBILL_VAPID_PRIVATE_KEY or run `waybill init`")
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        private_dir(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+            return VapidKeys(key)
+    return VapidKeys(parse_private_key(path.read_text()))
