@@ -77,6 +77,53 @@ def test_code_from_the_mail_signs_in_once(merchant, client, smtp):
     assert again.status_code == 401
 
 
+def test_a_german_customer_gets_the_sign_in_mail_in_german(merchant, auth, client, smtp):
+    merchant.create_order(email="jana@example.com")
+    csrf = auth.sign_in("jana@example.com")
+    prefs = client.get("/api/me/preferences").get_json()
+    r = client.put(
+        "/api/me/preferences", json={**prefs, "language": "de"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert r.status_code == 200, r.get_json()
+    auth.sign_out()
+
+    # Her saved language wins over the English browser she asks from.
+    client.post(
+        "/auth/email", json={"email": "jana@example.com"}, headers={"Accept-Language": "en"}
+    )
+    msg = smtp.wait_for("jana@example.com")[-1]
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert str(msg["Subject"]).startswith("Dein Waybill-Anmeldecode: ")
+    assert "Melde dich bei Waybill an" in text and "Oder gib diesen Code in der App ein" in text
+    assert 'lang="de"' in html and ">Anmelden</a>" in html
+    assert "Sign in" not in text + html
+    _, code = mailed_link_and_code(smtp, "jana@example.com")
+    r = client.post("/auth/code", json={"email": "jana@example.com", "code": code})
+    assert r.status_code == 200
+
+
+def test_sign_in_mail_follows_the_asking_browser_else_english(merchant, client, smtp):
+    merchant.create_order(email="alex@example.com")
+    client.post(
+        "/auth/email",
+        json={"email": "alex@example.com"},
+        headers={"Accept-Language": "de-AT,de;q=0.9,en;q=0.5"},
+    )
+    german = smtp.wait_for("alex@example.com")[-1]
+    assert "Melde dich bei Waybill an" in german.get_body(("plain",)).get_content()
+
+    client.post(
+        "/auth/email", json={"email": "alex@example.com"}, headers={"Accept-Language": "fr"}
+    )
+    english = smtp.wait_for("alex@example.com", 2)[-1]
+    assert str(english["Subject"]).startswith("Your Waybill sign-in code: ")
+    text = english.get_body(("plain",)).get_content()
+    assert "Sign in to Waybill to see all your orders:" in text
+    assert "Or type this code in the app:" in text
+    assert 'lang="en"' in english.get_body(("html",)).get_content()
+
+
 def test_five_wrong_codes_void_the_code(merchant, client, smtp):
     merchant.create_order(email="max@example.com")
     client.post("/auth/email", json={"email": "max@example.com"})

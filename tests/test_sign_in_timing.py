@@ -147,7 +147,7 @@ def test_known_address_gets_its_mail_and_unknown_never_does(merchant, client, sm
 
 
 def test_a_full_queue_still_answers_the_same_and_logs(app, client, merchant, monkeypatch, caplog):
-    from waybill.auth import login, routes
+    from waybill.auth import login
 
     release = threading.Event()
     started = threading.Event()
@@ -157,13 +157,13 @@ def test_a_full_queue_still_answers_the_same_and_logs(app, client, merchant, mon
         release.wait(10)
 
     small = login.BackgroundQueue(stuck, name="test-sign-in", maxsize=1, delay=0)
-    monkeypatch.setattr(routes, "_sign_in_mails", small)
+    monkeypatch.setattr(login, "_sign_in_mails", small)
     merchant.create_order(email=KNOWN)
     try:
         assert client.post("/auth/email", json={"email": KNOWN}).status_code == 202
         assert started.wait(5)  # the worker holds the first; the second fills the queue
         assert client.post("/auth/email", json={"email": KNOWN}).status_code == 202
-        with caplog.at_level("WARNING", logger="waybill.auth.routes"):
+        with caplog.at_level("WARNING", logger="waybill.auth.login"):
             r = client.post("/auth/email", json={"email": UNKNOWN})
         assert (r.status_code, r.get_json()) == (202, {"sent": True})
         assert "sign-in mail queue full" in caplog.text and UNKNOWN not in caplog.text

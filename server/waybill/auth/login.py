@@ -1,4 +1,5 @@
-"""Email sign-in: a one-time link and a 6-digit code, 15 minutes, single use, stored hashed."""
+"""Email sign-in: a one-time link and a 6-digit code, 15 minutes, single use, stored hashed,
+and the mail that carries them, in the customer's language."""
 
 from __future__ import annotations
 
@@ -11,12 +12,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from email.message import EmailMessage
 from typing import Generic, TypeVar
 
+from flask import Flask, render_template
 from sqlmodel import Session, select
 
 from waybill.auth.tokens import digest, keyed_digest, new_token, same
+from waybill.config import Settings
+from waybill.db import session_scope
 from waybill.models import Customer, LoginToken, utcnow
+from waybill.notify import mail
+from waybill.orders import saved_language
 
 LIFETIME = timedelta(minutes=15)
 MAX_CODE_ATTEMPTS = 5
@@ -176,3 +183,82 @@ class BackgroundQueue(Generic[T]):
                 log.exception("%s: a background job failed", self._name)
             finally:
                 q.task_done()
+
+
+# --- the sign-in mail ---------------------------------------------------------------------
+
+_MAIL_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "subject": "Your Waybill sign-in code: {code}",
+        "intro": "Sign in to Waybill to see all your orders:",
+        "button": "Sign in",
+        "code": "Or type this code in the app:",
+        "note": "The link and the code work once, for 15 minutes. "
+        "If you did not ask to sign in, ignore this message.",
+    },
+    "de": {
+        "subject": "Dein Waybill-Anmeldecode: {code}",
+        "intro": "Melde dich bei Waybill an, um alle deine Bestellungen zu sehen:",
+        "button": "Anmelden",
+        "code": "Oder gib diesen Code in der App ein:",
+        "note": "Link und Code funktionieren nur einmal und sind 15 Minuten lang gültig. "
+        "Wenn du keine Anmeldung angefordert hast, ignoriere diese Nachricht einfach.",
+    },
+}
+
+
+def mail_language(customer: Customer, asked_in: str | None) -> str:
+    """The customer's own language when they (or their orders) said one, else the asking
+    browser's, else English."""
+    return saved_language(customer) or (asked_in if asked_in in _MAIL_WORDS else "en")
+
+
+def sign_in_mail(settings: Settings, to: str, issued: IssuedLogin, language: str) -> EmailMessage:
+    """The mail with the link and the code, as plain text and HTML (needs an app context)."""
+    lang = language if language in _MAIL_WORDS else "en"
+    words = _MAIL_WORDS[lang]
+    link = f"{settings.base_url}/auth/link/{issued.link_token}"
+    context = {"lang": lang, "words": words, "link": link, "code": issued.code}
+    return mail.build_message(
+        settings,
+        to=to,
+        subject=words["subject"].format(code=issued.code),
+        text=render_template("mail_sign_in.txt", **context),
+        html=render_template("mail_sign_in.html", **context),
+    )
+
+
+@dataclass(frozen=True)
+class MailRequest:
+    """What a sign-in request hands to the worker: no answer depends on it."""
+
+    app: Flask
+    email: str
+    language: str | None  # the asking browser's preferred language, if it is one we write
+
+
+def _mail_sign_in(job: MailRequest) -> None:
+    """After the answer: look the address up and, for a customer, issue a code and mail it."""
+    settings: Settings = job.app.config["WAYBILL_SETTINGS"]
+    with job.app.app_context():
+        with session_scope(job.app.extensions["waybill.engine"]) as db:
+            customer = find_customer(db, job.email)
+            if customer is None:
+                return  # nobody to mail, and nothing to tell the asker
+            issued = issue(session=db, customer=customer, secret=settings.secret_key)
+            to, language = customer.email, mail_language(customer, job.language)
+        msg = sign_in_mail(settings, to, issued, language)  # committed first: works once mailed
+    mail.send(settings, msg)
+
+
+# One worker per process; every app of the process (tests make many) shares it.
+_sign_in_mails: BackgroundQueue[MailRequest] = BackgroundQueue(_mail_sign_in, name="sign-in-mail")
+
+
+def request_mail(app: Flask, email: str, language: str | None) -> None:
+    """Mail a link and a code to ``email`` if it is a customer's, after the request has answered.
+
+    Whether it is one is found out only by the worker: the request does the same work, and takes
+    as long, for every address (no timing oracle)."""
+    if not _sign_in_mails.put(MailRequest(app, email, language)):
+        log.warning("sign-in mail queue full (%d waiting): one request dropped", QUEUE_SIZE)

@@ -3,10 +3,10 @@
 The provider is discovered from ``WAYBILL_OIDC_ISSUER``; register
 ``<BASE_URL>/auth/oidc/callback`` as the redirect URI. Only an email address the provider says
 is verified signs in, and only into the customer that already has that address: customers come
-from merchants' orders, so an address with no orders gets a page that says so, and no empty
-account is made (the same as the email sign-in, which mails nothing to unknown addresses).
+from merchants' orders, so an address with no orders is refused, and no empty account is made
+(the same as the email sign-in, which mails nothing to unknown addresses).
 Many providers put only ``sub`` in the ID token; the email is then read from userinfo, whose
-``sub`` must match the ID token's.
+``sub`` must match the ID token's. The routes are in ``waybill.api.oidc``.
 """
 
 from __future__ import annotations
@@ -16,34 +16,29 @@ from typing import Any
 
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.flask_client import OAuth
-from flask import Blueprint, Flask, current_app, jsonify, redirect, render_template_string
-from pydantic import BaseModel
+from flask import Flask, Response, current_app
+from sqlmodel import Session
 
-from waybill.api.spec import operation
-from waybill.auth import login, sessions
+from waybill.auth import login
 from waybill.config import Settings
-from waybill.db import get_session
+from waybill.models import Customer
 
-bp = Blueprint("oidc", __name__)
 log = logging.getLogger(__name__)
 
-_PAGE = """{% extends "base.html" %}
-{% block title %}Sign-in failed · Waybill{% endblock %}
-{% block main %}<h1>{{ title }}</h1><p>{{ message }}</p><p><a href="/">Back to Waybill</a></p>
-{% endblock %}"""
+# Why a sign-in through the provider signs no one in (the routes word each for the person).
+NOT_CONFIGURED = "not_configured"
+UNREACHABLE = "unreachable"
+FAILED = "failed"
+UNVERIFIED = "unverified"
+NO_ORDERS = "no_orders"
 
 
-class SignInMethods(BaseModel):
-    """How a customer can sign in here."""
+class SignInRefused(Exception):
+    """The provider's answer signs no one in; ``reason`` is one of the constants above."""
 
-    email: bool
-    oidc: bool
-    oidc_login_url: str | None
-    passkeys: bool
-
-
-def _settings() -> Settings:
-    return current_app.config["WAYBILL_SETTINGS"]  # type: ignore[no-any-return]
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def init_app(app: Flask) -> None:
@@ -68,44 +63,24 @@ def init_app(app: Flask) -> None:
 
 def _client() -> Any:
     oauth = current_app.extensions.get("waybill.oidc")
-    return oauth.provider if oauth is not None else None
+    if oauth is None:
+        raise SignInRefused(NOT_CONFIGURED)
+    return oauth.provider
 
 
-def _refuse(status: int, title: str, message: str) -> Any:
-    return render_template_string(_PAGE, title=title, message=message), status
-
-
-@bp.get("/api/auth/methods")
-@operation("The sign-in methods this server offers", responses={200: SignInMethods}, tag="auth")
-def methods() -> Any:
-    enabled = bool(_settings().oidc_issuer)
-    body = SignInMethods(
-        email=True,
-        oidc=enabled,
-        oidc_login_url="/auth/oidc/login" if enabled else None,
-        passkeys=True,
-    )
-    return jsonify(body.model_dump(mode="json"))
-
-
-@bp.get("/auth/oidc/login")
-def oidc_login() -> Any:
+def start(redirect_uri: str) -> Response:
+    """The redirect to the provider's sign-in; authlib makes and keeps (in the signed flow
+    cookie) state, nonce and the PKCE verifier."""
     client = _client()
-    if client is None:
-        return _refuse(404, "No OpenID sign-in here", "This server signs in by email.")
     try:
-        # authlib makes and keeps (in the signed flow cookie) state, nonce and the PKCE verifier.
-        return client.authorize_redirect(f"{_settings().base_url}/auth/oidc/callback")
+        return client.authorize_redirect(redirect_uri)  # type: ignore[no-any-return]
     except (AuthlibBaseError, OSError, ValueError) as exc:
         log.warning("OpenID provider unreachable: %s", exc)
-        return _refuse(502, "The sign-in provider did not answer", "Try again in a moment.")
+        raise SignInRefused(UNREACHABLE) from None
 
 
-@bp.get("/auth/oidc/callback")
-def oidc_callback() -> Any:
-    client = _client()
-    if client is None:
-        return _refuse(404, "No OpenID sign-in here", "This server signs in by email.")
+def _claims(client: Any) -> dict[str, Any]:
+    """What the provider says about the person who came back with this request's code."""
     try:
         token = client.authorize_access_token()
         if "id_token" not in token or "userinfo" not in token:
@@ -118,27 +93,22 @@ def oidc_callback() -> Any:
             claims.update(info)
     except (AuthlibBaseError, OSError, ValueError, KeyError) as exc:
         log.info("OpenID sign-in refused: %s", exc)
-        return _refuse(400, "Sign-in did not work", "Please start again from the sign-in screen.")
+        raise SignInRefused(FAILED) from None
+    return claims
+
+
+def finish(session: Session) -> Customer:
+    """The customer the provider's answer to this request signs in, named as the provider
+    names them (added to ``session``, not committed)."""
+    claims = _claims(_client())
     email = claims.get("email")
     if not isinstance(email, str) or claims.get("email_verified") is not True:
-        return _refuse(
-            403,
-            "Your provider has not verified that address",
-            "Verify your email address with your provider, or sign in with an emailed link.",
-        )
-    db = get_session()
-    customer = login.find_customer(db, email)
+        raise SignInRefused(UNVERIFIED)
+    customer = login.find_customer(session, email)
     if customer is None:
-        return _refuse(
-            403,
-            "No orders for this address yet",
-            "When a shop sends us an order for this address, you can sign in with it.",
-        )
+        raise SignInRefused(NO_ORDERS)
     name = claims.get("name")
     if isinstance(name, str) and name.strip():
         customer.name = name.strip()[:200]
-        db.add(customer)
-    response = redirect("/", code=303)
-    sessions.start(session=db, customer=customer, response=response)
-    db.commit()
-    return response
+        session.add(customer)
+    return customer

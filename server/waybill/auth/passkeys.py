@@ -4,7 +4,7 @@ Passkeys are discoverable credentials: signing in asks for no address, the authe
 offers the accounts it holds for this site. Each ceremony's challenge is kept on the server
 (``passkey_challenge``, by its hash, for five minutes) and in Flask's signed cookie
 (``waybill_flow``), and is spent on the server when it is answered: it works once. Only
-public keys are stored.
+public keys are stored. The routes are in ``waybill.api.passkeys``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, jsonify, make_response, request, session
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlmodel import col, select
+from flask import current_app, session
+from sqlmodel import Session, col, select
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
@@ -34,52 +33,15 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from waybill.api.spec import operation, parse_body
-from waybill.auth import sessions
 from waybill.auth.models import Passkey, PasskeyChallenge
 from waybill.config import Settings
 from waybill.db import get_session
 from waybill.devices import device_label
-from waybill.errors import ApiError, not_found
-from waybill.models import Customer, SignedIn, utcnow
+from waybill.errors import ApiError
+from waybill.models import Customer, utcnow
 
-account_bp = Blueprint("passkeys_api", __name__, url_prefix="/api/me/passkeys")
-sign_in_bp = Blueprint("passkey_sign_in", __name__, url_prefix="/auth/passkey")
-MAX_ID = 2**63 - 1
 _REGISTER, _AUTHENTICATE = "passkey_register", "passkey_authenticate"
-
-
-class CeremonyOptions(BaseModel):
-    """Options for navigator.credentials.create() or .get(), as WebAuthn JSON."""
-
-    model_config = ConfigDict(extra="allow")
-    challenge: str
-
-
-class PasskeyRegistration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    credential: dict[str, Any]  # PublicKeyCredential.toJSON() of the new credential
-    name: str | None = Field(default=None, max_length=100)
-
-
-class PasskeySignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    credential: dict[str, Any]  # PublicKeyCredential.toJSON() of the assertion
-
-
-class PasskeyPublic(BaseModel):
-    """A passkey."""
-
-    id: int
-    name: str
-    created_at: AwareDatetime
-    last_used_at: AwareDatetime | None
-
-
-class PasskeyList(BaseModel):
-    """The customer's passkeys, oldest first."""
-
-    passkeys: list[PasskeyPublic]
+CHALLENGE_LIFETIME = timedelta(minutes=5)
 
 
 def _relying_party() -> tuple[str, str]:
@@ -89,22 +51,10 @@ def _relying_party() -> tuple[str, str]:
     return base.hostname or "localhost", f"{base.scheme}://{base.netloc}"
 
 
-def _public(p: Passkey) -> PasskeyPublic:
-    return PasskeyPublic(
-        id=p.id,
-        name=p.name,
-        created_at=p.created_at,
-        last_used_at=p.last_used_at,  # type: ignore[arg-type]
-    )
-
-
 def _ceremony_failed(exc: Exception) -> ApiError:
     return ApiError(
         422, "invalid", "the passkey could not be verified", {"credential": str(exc)[:200]}
     )
-
-
-CHALLENGE_LIFETIME = timedelta(minutes=5)
 
 
 def _offer(key: str, challenge: bytes, customer_id: int | None = None) -> None:
@@ -153,45 +103,19 @@ def _challenge(key: str, customer_id: int | None = None) -> bytes:
 # --- managing passkeys (signed in) --------------------------------------------------------
 
 
-@account_bp.before_request
-def _signed_in() -> None:
-    sessions.require_signed_in()
-
-
-def _customer() -> Customer:
-    customer = sessions.current_customer()
-    if customer is None:
-        raise ApiError(401, "unauthorized", "sign in first")
-    return customer
-
-
-def _passkeys_of(customer_id: int) -> list[Passkey]:
+def passkeys_of(db: Session, customer_id: int) -> list[Passkey]:
+    """The customer's passkeys, oldest first."""
     return list(
-        get_session().exec(
+        db.exec(
             select(Passkey).where(Passkey.customer_id == customer_id).order_by(Passkey.id)  # type: ignore[arg-type]
         )
     )
 
 
-@account_bp.get("")
-@operation(
-    "The customer's passkeys", responses={200: PasskeyList}, security="session", tag="customer"
-)
-def list_passkeys() -> Any:
-    keys = _passkeys_of(_customer().id)  # type: ignore[arg-type]
-    return jsonify(PasskeyList(passkeys=[_public(p) for p in keys]).model_dump(mode="json"))
-
-
-@account_bp.post("/options")
-@operation(
-    "Options to create a passkey for this account",
-    responses={200: CeremonyOptions},
-    security="session",
-    tag="customer",
-)
-def registration_options() -> Any:
-    customer = _customer()
-    existing = _passkeys_of(customer.id)  # type: ignore[arg-type]
+def registration_options(customer: Customer) -> str:
+    """Options (WebAuthn JSON) to create a passkey for ``customer``; every passkey of one
+    customer shares one user handle, so an authenticator keeps one entry per account."""
+    existing = passkeys_of(get_session(), customer.id)  # type: ignore[arg-type]
     handle = existing[0].user_handle if existing else bytes_to_base64url(secrets.token_bytes(32))
     rp_id, _ = _relying_party()
     options = generate_registration_options(
@@ -210,26 +134,20 @@ def registration_options() -> Any:
     )
     _offer(_REGISTER, options.challenge, customer.id)
     session[_REGISTER + "_handle"] = handle
-    return current_app.response_class(options_to_json(options), mimetype="application/json")
+    return options_to_json(options)
 
 
-@account_bp.post("")
-@operation(
-    "Add the passkey the browser just created",
-    body=PasskeyRegistration,
-    responses={201: PasskeyPublic},
-    security="session",
-    tag="customer",
-)
-def add_passkey() -> Any:
-    data = parse_body(PasskeyRegistration)
-    customer = _customer()
+def add(
+    customer: Customer, credential: dict[str, Any], *, name: str | None, user_agent: str | None
+) -> Passkey:
+    """Verify the credential the browser created for the pending challenge and keep its
+    public key; unnamed, it is called after the device (``user_agent``) it was made on."""
     challenge = _challenge(_REGISTER, customer.id)
     handle = session.pop(_REGISTER + "_handle", None)
     rp_id, origin = _relying_party()
     try:
         verified = verify_registration_response(
-            credential=data.credential,
+            credential=credential,
             expected_challenge=challenge,
             expected_rp_id=rp_id,
             expected_origin=origin,
@@ -240,7 +158,7 @@ def add_passkey() -> Any:
     credential_id = bytes_to_base64url(verified.credential_id)
     if db.exec(select(Passkey).where(Passkey.credential_id == credential_id)).first():
         raise ApiError(409, "conflict", "this passkey is already added")
-    response_part = data.credential.get("response")
+    response_part = credential.get("response")
     transports = response_part.get("transports") if isinstance(response_part, dict) else None
     passkey = Passkey(
         customer_id=customer.id,  # type: ignore[arg-type]
@@ -251,49 +169,33 @@ def add_passkey() -> Any:
         transports=[t for t in transports if isinstance(t, str)][:10]
         if isinstance(transports, list)
         else [],
-        name=(data.name or "").strip()[:100] or device_label(request.user_agent.string),
+        name=(name or "").strip()[:100] or device_label(user_agent),
     )
     db.add(passkey)
     db.commit()
-    return jsonify(_public(passkey).model_dump(mode="json")), 201
-
-
-@account_bp.delete("/<int:passkey_id>")
-@operation("Remove a passkey", responses={204: None}, security="session", tag="customer")
-def remove_passkey(passkey_id: int) -> Any:
-    customer = _customer()
-    db = get_session()
-    passkey = db.get(Passkey, passkey_id) if passkey_id <= MAX_ID else None
-    if passkey is None or passkey.customer_id != customer.id:
-        raise not_found("passkey")
-    db.delete(passkey)
-    db.commit()
-    return make_response("", 204)
+    return passkey
 
 
 # --- signing in with a passkey (no session yet) ----------------------------------------------
 
 
-@sign_in_bp.post("/options")
-@operation("Options to sign in with a passkey", responses={200: CeremonyOptions}, tag="auth")
-def authentication_options() -> Any:
+def authentication_options() -> str:
+    """Options (WebAuthn JSON) to sign in: no account named, the authenticator offers its own."""
     rp_id, _ = _relying_party()
     options = generate_authentication_options(
         rp_id=rp_id, user_verification=UserVerificationRequirement.PREFERRED
     )
     _offer(_AUTHENTICATE, options.challenge)
-    return current_app.response_class(options_to_json(options), mimetype="application/json")
+    return options_to_json(options)
 
 
-@sign_in_bp.post("")
-@operation(
-    "Sign in with a passkey", body=PasskeySignIn, responses={200: SignedIn, 401: None}, tag="auth"
-)
-def passkey_sign_in() -> Any:
-    data = parse_body(PasskeySignIn)
+def verify_sign_in(credential: dict[str, Any]) -> Customer:
+    """The customer whose passkey signed the pending challenge (401 for any other answer).
+
+    The new signature count is recorded, not committed: the caller commits with the session."""
     challenge = _challenge(_AUTHENTICATE)
     db = get_session()
-    raw_id = data.credential.get("rawId") or data.credential.get("id")
+    raw_id = credential.get("rawId") or credential.get("id")
     passkey = (
         db.exec(select(Passkey).where(Passkey.credential_id == raw_id)).first()
         if isinstance(raw_id, str) and len(raw_id) <= 1400
@@ -301,14 +203,14 @@ def passkey_sign_in() -> Any:
     )
     if passkey is None:
         raise ApiError(401, "unknown_passkey", "this passkey is not (or no longer) on any account")
-    response_part = data.credential.get("response")
+    response_part = credential.get("response")
     handle = response_part.get("userHandle") if isinstance(response_part, dict) else None
     if handle and handle != passkey.user_handle:
         raise ApiError(401, "unknown_passkey", "this passkey belongs to another account")
     rp_id, origin = _relying_party()
     try:
         verified = verify_authentication_response(
-            credential=data.credential,
+            credential=credential,
             expected_challenge=challenge,
             expected_rp_id=rp_id,
             expected_origin=origin,
@@ -324,7 +226,4 @@ def passkey_sign_in() -> Any:
     db.add(passkey)
     customer = db.get(Customer, passkey.customer_id)
     assert customer is not None
-    response = jsonify(SignedIn(signed_in=True, redirect="/").model_dump(mode="json"))
-    sessions.start(session=db, customer=customer, response=response)
-    db.commit()
-    return response
+    return customer

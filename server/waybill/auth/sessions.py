@@ -22,6 +22,7 @@ from waybill.auth.tokens import digest, keyed_digest, new_token, same
 from waybill.db import get_session, touch
 from waybill.errors import ApiError
 from waybill.models import AuthSession, Customer, utcnow
+from waybill.notify import subscriptions
 from waybill.realtime.broker import SESSIONS_ENDED
 
 COOKIE = "waybill_session"
@@ -147,7 +148,6 @@ def revoke(
     Otherwise each ended sign-in's own device's go (see
     :func:`waybill.notify.subscriptions.of_device`). The caller commits, then calls
     :func:`close_sockets` with the returned ids."""
-    from waybill.notify import outbox, subscriptions
 
     now = utcnow()
     ids: list[int] = []
@@ -166,7 +166,7 @@ def revoke(
     if every_device_of is not None:
         forget |= subscriptions.of_customer(session, every_device_of)
     if forget:
-        outbox.forget_subscriptions(session, forget, now=now)
+        subscriptions.forget_subscriptions(session, forget, now=now)
     return ids
 
 

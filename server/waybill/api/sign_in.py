@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import (
@@ -18,51 +17,15 @@ from flask import (
 )
 from pydantic import ValidationError
 
+from waybill.api.answers import browser_language
 from waybill.api.spec import operation, parse_body
 from waybill.auth import login, sessions
 from waybill.config import Settings
-from waybill.db import get_session, session_scope
+from waybill.db import get_session
 from waybill.errors import ApiError, validation_fields
 from waybill.models import CodeSignIn, EmailSignIn, Sent, SignedIn
-from waybill.notify import mail
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
-log = logging.getLogger(__name__)
-
-
-def sign_in_mail(settings: Settings, to: str, issued: login.IssuedLogin) -> Any:
-    link = f"{settings.base_url}/auth/link/{issued.link_token}"
-    text = (
-        f"Sign in to Waybill to see all your orders:\n\n{link}\n\n"
-        f"Or type this code in the app: {issued.code}\n\n"
-        "The link and the code work once, for 15 minutes. "
-        "If you did not ask to sign in, ignore this message."
-    )
-    html = render_template("mail_sign_in.html", link=link, code=issued.code)
-    return mail.build_message(
-        settings, to=to, subject=f"Your Waybill sign-in code: {issued.code}", text=text, html=html
-    )
-
-
-def _mail_sign_in(job: tuple[Flask, str]) -> None:
-    """After the answer: look the address up and, for a customer, issue a code and mail it."""
-    app, address = job
-    settings: Settings = app.config["WAYBILL_SETTINGS"]
-    with app.app_context():
-        with session_scope(app.extensions["waybill.engine"]) as db:
-            customer = login.find_customer(db, address)
-            if customer is None:
-                return  # nobody to mail, and nothing to tell the asker
-            issued = login.issue(session=db, customer=customer, secret=settings.secret_key)
-            to = customer.email
-        msg = sign_in_mail(settings, to, issued)  # committed first: the code works once mailed
-    mail.send(settings, msg)
-
-
-# One worker per process; every app of the process (tests make many) shares it.
-_sign_in_mails: login.BackgroundQueue[tuple[Flask, str]] = login.BackgroundQueue(
-    _mail_sign_in, name="sign-in-mail"
-)
 
 
 @bp.post("/email")
@@ -76,11 +39,8 @@ def email() -> Any:
             raise ApiError(422, "invalid", "not an email address", validation_fields(exc)) from None
     else:
         data = parse_body(EmailSignIn)
-    # Whether the address is a customer's is found out only after answering, by the worker:
-    # the request does the same work, and takes as long, for every address (no timing oracle).
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    if not _sign_in_mails.put((app, data.email)):
-        log.warning("sign-in mail queue full (%d waiting): one request dropped", login.QUEUE_SIZE)
+    login.request_mail(app, data.email, browser_language())
     if form_post:
         return render_template("check_mail.html", email=data.email), 202
     return jsonify(sent=True), 202
