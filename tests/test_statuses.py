@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from waybill import catalogue
 from waybill.tracking.statuses import (
     Status,
     TimelineEntry,
     fold,
-    label,
     order_status,
     ordered,
-    package_summary,
+    package_counts,
 )
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -50,8 +50,12 @@ def test_duplicates_count_once():
 def test_split_order_shows_least_advanced_active_shipment():
     statuses = [Status.DELIVERED, Status.IN_TRANSIT, Status.OUT_FOR_DELIVERY]
     assert order_status(Status.CONFIRMED, statuses) == Status.IN_TRANSIT
-    assert package_summary(statuses).text() == "1 of 3 packages delivered"
-    assert package_summary(statuses).text("de") == "1 von 3 Paketen zugestellt"
+    counts = package_counts(statuses)
+    assert (counts.total, counts.delivered) == (3, 1)
+    assert catalogue.packages_text(counts) == "1 of 3 packages delivered"
+    assert catalogue.packages_text(counts, "de") == "1 von 3 Paketen zugestellt"
+    assert catalogue.package_summary(statuses).text("de") == "1 von 3 Paketen zugestellt"
+    assert catalogue.packages_text(package_counts([Status.DELIVERED])) is None
 
 
 def test_split_order_surfaces_a_problem_over_a_plain_step():
@@ -68,9 +72,19 @@ def test_cancelled_order_stays_cancelled_and_unshipped_order_follows_its_own_eve
     assert order_status(Status.PROCESSING, []) == Status.PROCESSING
 
 
-def test_labels_exist_in_every_language():
-    for status in Status:
-        assert label(status, "en") and label(status, "de")
+def test_the_catalogue_names_every_status_in_every_language():
+    for lang in catalogue.LANGUAGES:
+        assert set(catalogue.LABELS[lang]) == set(Status), lang
+        assert all(catalogue.label(s, lang).strip() for s in Status)
+    assert catalogue.label("shipped", "fr") == catalogue.label("shipped", "en") == "Shipped"
+
+
+def test_the_domain_core_keeps_no_words():
+    """Labels and the package sentence live in the catalogue, not beside the state machine."""
+    import waybill.tracking.statuses as core
+
+    assert not hasattr(core, "LABELS") and not hasattr(core, "label")
+    assert not hasattr(core.PackageCounts, "text")
 
 
 events_strategy = st.lists(

@@ -1,11 +1,12 @@
-// Waybill's service worker. The server stamps VERSION and ASSETS (every versioned file) in.
+// Waybill's service worker. The server stamps VERSION, ASSETS (every versioned file) and
+// APP_PAGES (the paths of js/routes.js, as patterns) in.
 const VERSION = '__VERSION__';
 const ASSETS = "__ASSETS__";
+const APP_PAGES = "__APP_PAGES__".map((source) => new RegExp(source));
 const SHELL = `waybill-shell-${VERSION}`;
 const API = 'waybill-api'; // last answers, kept across versions; cleared when the session changes
 const META = 'waybill-meta'; // where this browser's push subscription is registered
 const EXPECTED = [SHELL, API, META];
-const APP_PAGE = /^\/($|t\/[^/]+\/?$|orders\/\d+\/?$|settings\/?$|sign-in\/?$)/;
 // The customer's own answers (/api/me…) are shown offline for at most 7 days after they were
 // fetched (their X-Waybill-Stored-At): enough for a trip without signal, and a device that was
 // signed out remotely while offline stops showing that customer's orders a week later at the
@@ -50,9 +51,9 @@ self.addEventListener('fetch', (event) => {
     else if (isPersonal(request.url)) event.respondWith(forgetOn401(fetch(request)));
     return;
   }
-  if (url.pathname.startsWith('/api/track/') || url.pathname.startsWith('/api/me')) {
+  if (url.pathname.startsWith('/api/track/') || url.pathname.startsWith('/api/me') || url.pathname === '/api/statuses') {
     event.respondWith(networkFirst(request));
-  } else if (request.mode === 'navigate' && APP_PAGE.test(url.pathname)) {
+  } else if (request.mode === 'navigate' && APP_PAGES.some((page) => page.test(url.pathname))) {
     event.respondWith(fetch(request).catch(async () => (await caches.match('/', { cacheName: SHELL })) || Response.error()));
   } else if (url.pathname.startsWith('/assets/') || url.pathname.startsWith('/icons/') || url.pathname === '/manifest.json') {
     event.respondWith(caches.match(request, { cacheName: SHELL }).then((hit) => hit || fetch(request)));

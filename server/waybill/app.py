@@ -7,9 +7,26 @@ import logging
 from flask import Flask
 
 from waybill import db, notify, pages, security
-from waybill.api import account, customer, errors, merchant, notifications, spec, track
-from waybill.auth import oidc, passkeys
-from waybill.auth import routes as auth_routes
+from waybill.api import (
+    account,
+    customer,
+    errors,
+    merchant,
+    order_preferences,
+    preferences,
+    push_key,
+    push_subscriptions,
+    spec,
+    track,
+    track_subscriptions,
+    unsubscribe,
+)
+from waybill.api import live as live_api
+from waybill.api import oidc as oidc_api
+from waybill.api import passkeys as passkeys_api
+from waybill.api import sign_in as sign_in_api
+from waybill.api import statuses as statuses_api
+from waybill.auth import oidc
 from waybill.config import Settings
 from waybill.realtime import hub
 from waybill.realtime.broker import create_broker
@@ -44,13 +61,19 @@ def create_app(settings: Settings | None = None) -> Flask:
         merchant.bp,
         customer.bp,
         track.bp,
+        statuses_api.bp,
         account.bp,
-        notifications.bp,
-        auth_routes.bp,
-        oidc.bp,
-        passkeys.account_bp,
-        passkeys.sign_in_bp,
-        hub.bp,
+        preferences.bp,
+        order_preferences.bp,
+        push_key.bp,
+        push_subscriptions.bp,
+        track_subscriptions.bp,
+        unsubscribe.bp,
+        sign_in_api.bp,
+        oidc_api.bp,
+        passkeys_api.account_bp,
+        passkeys_api.sign_in_bp,
+        live_api.bp,
         pages.bp,
     ):
         app.register_blueprint(blueprint)

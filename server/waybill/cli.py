@@ -58,7 +58,7 @@ def init() -> None:
     engine = _engine(settings)
     migrate(engine, secret_key=settings.secret_key)  # seals the tracking tokens of old orders
     click.echo(f"database ready: {engine.url.render_as_string(hide_password=True)}")
-    from waybill.notify.webpush import load_vapid
+    from waybill.notify.vapid import load_vapid
 
     vapid = load_vapid(settings)  # made once into the instance dir unless given by environment
     click.echo(f"VAPID public key: {vapid.public_key}")

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from waybill import catalogue
 from waybill.auth.tokens import digest, tracking_token
+from waybill.catalogue import label, package_summary
 from waybill.errors import not_found
 from waybill.models import (
     Change,
@@ -30,17 +32,26 @@ from waybill.models import (
     ShipmentPublic,
     TrackingEvent,
 )
-from waybill.tracking.statuses import Status, label, package_summary
+from waybill.tracking.statuses import Status
 
 
 def tracking_url(base_url: str, secret_key: str, order: Order) -> str:
     return f"{base_url}/t/{tracking_token(secret_key, order)}"
 
 
+def saved_language(customer: Customer) -> str | None:
+    """The language the customer chose in settings, else the one their orders came with (the
+    merchant's ``locale``), if we speak it; None when neither says."""
+    chosen = (customer.preferences or {}).get("language") or customer.locale
+    if not chosen:
+        return None
+    lang = str(chosen)[:2].lower()
+    return lang if lang in catalogue.LANGUAGES else catalogue.DEFAULT_LANGUAGE
+
+
 def language_of(customer: Customer) -> str:
-    prefs = customer.preferences or {}
-    lang = prefs.get("language") or (customer.locale or "en")[:2].lower()
-    return lang if lang in ("en", "de") else "en"
+    """The customer's language: everything we show or send them speaks it."""
+    return saved_language(customer) or catalogue.DEFAULT_LANGUAGE
 
 
 def order_by_token(session: Session, token: str) -> Order | None:

@@ -4,20 +4,27 @@ The strict Content-Security-Policy every page runs under is set in ``security.py
 
 ``index.html`` and ``sw.js`` name the current version (a hash of ``web/``), so a changed file
 means new asset URLs and a new service worker; neither is ever cached by HTTP itself.
+
+The screens and their paths are ``web/js/routes.js``'s: the shell is served at each, and the
+service worker is told which paths are the app's.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import mimetypes
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
+from flask.blueprints import BlueprintSetupState
 
+from waybill.api.answers import browser_language
 from waybill.auth import sessions
 from waybill.db import get_session
 from waybill.orders import order_by_token
@@ -26,11 +33,43 @@ bp = Blueprint("pages", __name__)
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
 MANIFEST = ROOT / "manifest.json"
+ROUTES = WEB / "js" / "routes.js"
 STATIC = Path(__file__).parent / "static"  # pages.css for the server-rendered auth pages
 
 LONG = 365 * 24 * 3600
 _SERVED = {".js", ".css", ".json", ".png", ".svg", ".webmanifest"}
 _COMPRESSIBLE = {".js", ".css", ".json", ".svg", ".html"}
+
+
+@dataclass(frozen=True)
+class Screen:
+    """One entry of ``routes.js``: a path in Flask's syntax and the view the app shows there."""
+
+    path: str
+    view: str
+
+
+@functools.cache
+def screens() -> tuple[Screen, ...]:
+    """The list ``routes.js`` exports as ``ROUTES``: the one place the app's paths are named."""
+    found = re.search(r"export const ROUTES = (\[.*?\]);", ROUTES.read_text(), re.S)
+    if found is None:
+        raise RuntimeError(f"{ROUTES} exports no ROUTES list")
+    return tuple(Screen(r["path"], r["view"]) for r in json.loads(found[1]))
+
+
+_PARAM = re.compile(r"<(?:(int):)?\w+>")
+
+
+def page_pattern(path: str) -> str:
+    """The JavaScript regular expression the service worker tests paths with; ``match()`` in
+    routes.js reads ``path`` the same way: a trailing slash is optional, except for ``/``."""
+    parts, last = [], 0
+    for m in _PARAM.finditer(path):
+        parts += [re.escape(path[last : m.start()]), r"(\d+)" if m[1] else "([^/]+)"]
+        last = m.end()
+    parts.append(re.escape(path[last:]))
+    return "^" + "".join(parts) + ("" if path == "/" else "/?") + "$"
 
 
 @dataclass
@@ -61,6 +100,7 @@ def _load() -> WebApp:
         .read_bytes()
         .replace(b"__VERSION__", version.encode())
         .replace(b'"__ASSETS__"', json.dumps(assets).encode())
+        .replace(b'"__APP_PAGES__"', json.dumps([page_pattern(s.path) for s in screens()]).encode())
     )
     return WebApp(version=version, shell=shell, worker=worker)
 
@@ -109,41 +149,32 @@ def _shell(view: str, status: int = 200) -> Response:
     return response
 
 
-@bp.get("/")
-def home() -> Response:
-    response = _shell("home")
-    if sessions.current() is not None:  # the app asks for these two first
-        response.headers["Link"] += (
-            ", </api/me>; rel=preload; as=fetch; crossorigin"
-            ", </api/me/orders>; rel=preload; as=fetch; crossorigin"
+def _page(view: str, **params: Any) -> Response:
+    """One screen: the shell, with what the app fetches first for it preloaded."""
+    # The labels in the language the app will choose, unless the customer picked another.
+    lang = browser_language()
+    preload = [f"/api/statuses?lang={lang}"]
+    token = params.get("token")
+    if token is not None:
+        if order_by_token(get_session(), token) is None:
+            return _shell(view, 404)
+        preload.append(f"/api/track/{token}")  # fetched while the modules load, not after
+    elif view == "home" and sessions.current() is not None:
+        preload += ["/api/me", "/api/me/orders"]
+    # A signed-in order (/orders/<id>) is checked by the API, which answers 404 if not theirs.
+    response = _shell(view)
+    response.headers["Link"] += "".join(
+        f", <{url}>; rel=preload; as=fetch; crossorigin" for url in preload
+    )
+    return response
+
+
+@bp.record
+def _register_screens(state: BlueprintSetupState) -> None:
+    for screen in screens():
+        state.add_url_rule(
+            screen.path, f"screen:{screen.path}", _page, defaults={"view": screen.view}
         )
-    return response
-
-
-@bp.get("/sign-in")
-def sign_in() -> Response:
-    return _shell("sign-in")
-
-
-@bp.get("/settings")
-def settings() -> Response:
-    return _shell("settings")
-
-
-@bp.get("/orders/<int:order_id>")
-def order_page(order_id: int) -> Response:
-    """The app checks the order is theirs through the API, which answers 404 otherwise."""
-    return _shell("track")
-
-
-@bp.get("/t/<token>")
-def tracking_page(token: str) -> Response:
-    if order_by_token(get_session(), token) is None:
-        return _shell("track", 404)
-    response = _shell("track")
-    # The browser fetches the order while it loads the modules, not after.
-    response.headers["Link"] += f", </api/track/{token}>; rel=preload; as=fetch; crossorigin"
-    return response
 
 
 @bp.get("/sw.js")

@@ -69,10 +69,6 @@ class LiveServer:
         assert r.status_code == 201, r.get_json()
         return {**r.get_json(), "shipment_id": shipment["id"]}
 
-    @property
-    def has_socket(self) -> bool:
-        return any(rule.rule == "/ws" for rule in self.app.url_map.iter_rules())
-
     def token_of(self, order: dict[str, Any]) -> str:
         return str(order["tracking_url"]).rsplit("/", 1)[1]
 

@@ -100,8 +100,6 @@ def test_german_viewer_gets_german_labels_and_local_times(
 def test_home_moves_an_order_when_it_is_delivered_without_reload(
     phone: Any, live_server: LiveServer
 ) -> None:
-    if not live_server.has_socket:
-        pytest.skip("no /ws endpoint in this build yet (issue 3): live updates cannot run")
     email = "home-live@example.com"
     order = live_server.order_in_transit(email=email)
     sign_in(phone, live_server, email)

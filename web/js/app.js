@@ -2,16 +2,9 @@
 // the install button and the "Reload to update" offer.
 import { me } from './api.js';
 import { h } from './dom.js';
-import { preferredLanguage, setLanguage, t } from './i18n.js';
+import { loadStatuses, preferredLanguage, setLanguage, t } from './i18n.js';
 import { Live } from './live.js';
-
-const ROUTES = [
-  [/^\/t\/([^/]+)\/?$/, 'track', (m) => ({ token: decodeURIComponent(m[1]) })],
-  [/^\/orders\/(\d+)\/?$/, 'track', (m) => ({ orderId: Number(m[1]) })],
-  [/^\/settings\/?$/, 'settings', () => ({})],
-  [/^\/sign-in\/?$/, 'sign-in', () => ({})],
-  [/^\/$/, 'home', () => ({})],
-];
+import { match } from './routes.js';
 
 export class App {
   constructor(doc) {
@@ -58,13 +51,7 @@ export class App {
   }
 
   async route() {
-    const path = location.pathname;
-    let name = 'home';
-    let params = {};
-    for (const [re, view, read] of ROUTES) {
-      const m = re.exec(path);
-      if (m) { name = view; params = read(m); break; }
-    }
+    const { view: name, params } = match(location.pathname) || { view: 'home', params: {} };
     if (name !== 'track' || params.orderId) {
       this.customer = await me().catch(() => null);
       if (!this.customer && name !== 'sign-in') return this.go('/sign-in', { replace: true });
@@ -134,12 +121,13 @@ export class App {
         });
       });
     }).catch(() => {});
-    // The first worker took over after this page fetched its data: fetch it again through
-    // the worker, once, so that an offline visit has this answer.
+    // The first worker took over after this page fetched its data and labels: fetch them again
+    // through the worker, once, so that an offline visit has these answers.
     const keepForOffline = () => {
       if (this.controlledAtStart || !navigator.serviceWorker.controller) return;
       this.controlledAtStart = true;
       this.refresh?.();
+      loadStatuses();
     };
     keepForOffline();
     // clients.claim() takes only the pages already running when the first worker activates:
@@ -161,7 +149,7 @@ export class App {
       const a = event.target.closest?.('a[href^="/"]');
       if (!a || a.target || event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
       const url = new URL(a.href);
-      if (!ROUTES.some(([re]) => re.test(url.pathname))) return;
+      if (!match(url.pathname)) return;
       event.preventDefault();
       this.go(url.pathname + url.search);
     });

@@ -1,9 +1,13 @@
-// One catalogue per language; dates, times and "5 min ago" through Intl in the viewer's zone.
+// The app's words: its own strings (one file per language), the status labels from the server's
+// catalogue (GET /api/statuses), and dates, times and "5 min ago" through Intl in the viewer's zone.
+import { get } from './api.js';
 import en from './i18n/en.js';
 
 export const LANGUAGES = { en: 'English', de: 'Deutsch' };
 let lang = 'en';
 let strings = en;
+let statuses = new Map(); // status → { status, label, notifiable, default_on }
+let statusesLang = null;
 
 /** The saved choice, else the browser's first language we speak. */
 export function preferredLanguage() {
@@ -18,8 +22,27 @@ export function preferredLanguage() {
 
 export async function setLanguage(code) {
   lang = code in LANGUAGES ? code : 'en';
-  strings = lang === 'en' ? en : (await import(`./i18n/${lang}.js`)).default;
+  const [table] = await Promise.all([
+    lang === 'en' ? en : import(`./i18n/${lang}.js`).then((m) => m.default),
+    loadStatuses(),
+  ]);
+  strings = table;
   document.documentElement.lang = lang;
+}
+
+/** Fetch the server's labels for the language in use. Offline with no kept copy, the labels
+ * the answers carry stand in (statusLabel's fallback), never another language's. */
+export async function loadStatuses() {
+  const wanted = lang;
+  let found = null;
+  try {
+    found = new Map((await get(`/api/statuses?lang=${wanted}`)).data.statuses.map((s) => [s.status, s]));
+  } catch {
+    if (statusesLang === wanted) return;
+  }
+  if (wanted !== lang) return; // the language changed meanwhile
+  statuses = found || new Map();
+  statusesLang = found ? wanted : null;
 }
 
 export function saveLanguage(code) {
@@ -34,9 +57,14 @@ export function t(key, vars = {}) {
   return text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? ''));
 }
 
-export function statusLabel(status) {
-  return t(`status.${status}`);
+/** What `status` is called, from the server's catalogue; `fallback` (an answer's status_label)
+ * when that is not at hand. */
+export function statusLabel(status, fallback) {
+  return statuses.get(status)?.label ?? fallback;
 }
+
+/** Every status, in the catalogue's order: { status, label, notifiable, default_on }. */
+export const statusList = () => [...statuses.values()];
 
 export function formatDateTime(iso) {
   return new Intl.DateTimeFormat(lang, { dateStyle: 'medium', timeStyle: 'short' }).format(new Date(iso));

@@ -1,55 +1,9 @@
-// Sign-in beyond email (issue 6): passkeys (WebAuthn) and an OpenID provider's button on the
-// sign-in screen; passkeys and signed-in browsers in settings. Built from nodes (dom.js h):
-// names from the server stay text.
+// Sign-in beyond email: passkeys (WebAuthn) and an OpenID provider's button on the sign-in
+// screen; passkeys and signed-in browsers in settings. Built from nodes (dom.js h): names from
+// the server stay text.
 import { ApiError, get, request } from './api.js';
 import { h } from './dom.js';
-
-const TEXT = {
-  en: {
-    passkeySignIn: 'Sign in with a passkey',
-    oidcSignIn: 'Sign in with your account provider',
-    passkeyFailed: 'That passkey did not work here. Try again, or use your email address.',
-    passkeys: 'Passkeys',
-    passkeysIntro: 'Sign in with your fingerprint, face or screen lock instead of an emailed link.',
-    noPasskeys: 'No passkeys yet.',
-    addPasskey: 'Add a passkey',
-    added: 'Passkey added.',
-    addFailed: 'The passkey was not added.',
-    remove: 'Remove',
-    removeNamed: 'Remove passkey {name}',
-    sessions: 'Signed-in devices',
-    thisDevice: 'this device',
-    lastSeen: 'last seen {when}',
-    signOutDevice: 'Sign out',
-    signOutDeviceNamed: 'Sign out {name}',
-    signOutEverywhere: 'Sign out everywhere',
-  },
-  de: {
-    passkeySignIn: 'Mit Passkey anmelden',
-    oidcSignIn: 'Mit Ihrem Konto-Anbieter anmelden',
-    passkeyFailed: 'Dieser Passkey hat hier nicht funktioniert. Versuchen Sie es erneut oder nutzen Sie Ihre E-Mail-Adresse.',
-    passkeys: 'Passkeys',
-    passkeysIntro: 'Mit Fingerabdruck, Gesicht oder Displaysperre anmelden statt mit einem Link per E-Mail.',
-    noPasskeys: 'Noch keine Passkeys.',
-    addPasskey: 'Passkey hinzufügen',
-    added: 'Passkey hinzugefügt.',
-    addFailed: 'Der Passkey wurde nicht hinzugefügt.',
-    remove: 'Entfernen',
-    removeNamed: 'Passkey {name} entfernen',
-    sessions: 'Angemeldete Geräte',
-    thisDevice: 'dieses Gerät',
-    lastSeen: 'zuletzt aktiv {when}',
-    signOutDevice: 'Abmelden',
-    signOutDeviceNamed: '{name} abmelden',
-    signOutEverywhere: 'Überall abmelden',
-  },
-};
-
-function say(key, values = {}) {
-  const lang = (document.documentElement.lang || 'en').slice(0, 2);
-  const text = (TEXT[lang] || TEXT.en)[key] || TEXT.en[key];
-  return text.replace(/\{(\w+)\}/g, (_, name) => String(values[name] ?? ''));
-}
+import { formatDateTime, t } from './i18n.js';
 
 // --- WebAuthn JSON <-> the ArrayBuffers the browser API wants --------------------------------
 
@@ -118,57 +72,54 @@ export async function mountSignIn(app, container) {
   const buttons = h('div', { class: 'actions' });
   if (passkeysSupported()) {
     buttons.append(h('button', {
-      type: 'button', id: 'passkey-sign-in', text: say('passkeySignIn'),
+      type: 'button', id: 'passkey-sign-in', text: t('passkeys.signIn'),
       onclick: async () => {
         error.textContent = '';
         try {
           await signInWithPasskey();
           app.go('/', { reload: true });
         } catch {
-          error.textContent = say('passkeyFailed');
+          error.textContent = t('passkeys.failed');
         }
       },
     }));
   }
   const methods = await get('/api/auth/methods').then((r) => r.data).catch(() => null);
   if (methods?.oidc && methods.oidc_login_url) {
-    buttons.append(h('a', { class: 'button', id: 'oidc-sign-in', href: methods.oidc_login_url, text: say('oidcSignIn') }));
+    buttons.append(h('a', { class: 'button', id: 'oidc-sign-in', href: methods.oidc_login_url, text: t('passkeys.oidcSignIn') }));
   }
   container.replaceChildren(buttons, error);
 }
 
 // --- settings: passkeys and signed-in devices ------------------------------------------------
 
-const when = (iso) => new Date(iso).toLocaleString(document.documentElement.lang || undefined,
-  { dateStyle: 'medium', timeStyle: 'short' });
-
 async function passkeySection(app) {
   const status = h('p', { role: 'status', id: 'passkey-status' });
   const list = h('ul', { class: 'passkeys', id: 'passkey-list' });
   const section = h('section', { 'aria-labelledby': 'passkeys-h' },
-    h('h2', { id: 'passkeys-h', text: say('passkeys') }),
-    h('p', { text: say('passkeysIntro') }), list);
+    h('h2', { id: 'passkeys-h', text: t('passkeys.title') }),
+    h('p', { text: t('passkeys.intro') }), list);
 
   const refresh = async () => {
     const { data } = await get('/api/me/passkeys');
     list.replaceChildren(...(data.passkeys.length ? data.passkeys.map((p) => h('li', { 'data-passkey-id': String(p.id) },
       h('span', { text: p.name }), ' ',
       h('button', {
-        type: 'button', class: 'ghost', text: say('remove'), 'aria-label': say('removeNamed', { name: p.name }),
+        type: 'button', class: 'ghost', text: t('passkeys.remove'), 'aria-label': t('passkeys.removeNamed', { name: p.name }),
         onclick: async () => { await request('DELETE', `/api/me/passkeys/${p.id}`); await refresh(); },
-      }))) : [h('li', { text: say('noPasskeys') })]));
+      }))) : [h('li', { text: t('passkeys.none') })]));
   };
   if (passkeysSupported()) {
     section.append(h('button', {
-      type: 'button', id: 'add-passkey', text: say('addPasskey'),
+      type: 'button', id: 'add-passkey', text: t('passkeys.add'),
       onclick: async () => {
         status.textContent = '';
         try {
           await addPasskey();
           await refresh();
-          status.textContent = say('added');
+          status.textContent = t('passkeys.added');
         } catch (err) {
-          status.textContent = err instanceof ApiError ? `${say('addFailed')} ${err.message}` : say('addFailed');
+          status.textContent = err instanceof ApiError ? `${t('passkeys.addFailed')} ${err.message}` : t('passkeys.addFailed');
         }
       },
     }));
@@ -183,18 +134,18 @@ async function sessionSection(app) {
   const refresh = async () => {
     const { data } = await get('/api/me/sessions');
     list.replaceChildren(...data.sessions.map((s) => h('li', {},
-      h('span', { text: s.current ? `${s.device} (${say('thisDevice')})` : s.device }), ' ',
-      h('span', { class: 'sub', text: say('lastSeen', { when: when(s.last_seen_at) }) }), ' ',
+      h('span', { text: s.current ? `${s.device} (${t('sessions.thisDevice')})` : s.device }), ' ',
+      h('span', { class: 'sub', text: t('sessions.lastSeen', { when: formatDateTime(s.last_seen_at) }) }), ' ',
       s.current ? null : h('button', {
-        type: 'button', class: 'ghost', text: say('signOutDevice'), 'aria-label': say('signOutDeviceNamed', { name: s.device }),
+        type: 'button', class: 'ghost', text: t('sessions.signOut'), 'aria-label': t('sessions.signOutNamed', { name: s.device }),
         onclick: async () => { await request('DELETE', `/api/me/sessions/${s.id}`); await refresh(); },
       }))));
   };
   await refresh();
   return h('section', { 'aria-labelledby': 'sessions-h' },
-    h('h2', { id: 'sessions-h', text: say('sessions') }), list,
+    h('h2', { id: 'sessions-h', text: t('sessions.title') }), list,
     h('button', {
-      type: 'button', id: 'sign-out-everywhere', text: say('signOutEverywhere'),
+      type: 'button', id: 'sign-out-everywhere', text: t('sessions.signOutEverywhere'),
       onclick: async () => {
         await request('DELETE', '/api/me/sessions').catch(() => {});
         app.go('/sign-in', { reload: true });

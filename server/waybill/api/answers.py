@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flask import current_app
+from flask import current_app, request
 
+from waybill import catalogue
 from waybill.db import get_session
 from waybill.models import Order, OrderPublic
 from waybill.orders import render_orders
@@ -31,3 +32,9 @@ def order_json(order: Order, *, language: str = "en", merchant_view: bool = Fals
     return rendered_orders([order], language=language, merchant_view=merchant_view)[0].model_dump(
         mode="json"
     )
+
+
+def browser_language() -> str:
+    """The first language of the request's Accept-Language we speak (as the PWA picks its
+    own), else English: for whoever is not signed in, or has said nothing."""
+    return catalogue.first_spoken(tag for tag, _ in request.accept_languages)

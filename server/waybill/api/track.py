@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from waybill.api.answers import order_json
+from waybill.api.answers import browser_language, order_json
 from waybill.api.spec import operation
 from waybill.db import get_session
 from waybill.models import OrderPublic
@@ -18,4 +18,6 @@ bp = Blueprint("track_api", __name__)
 @bp.get("/api/track/<token>")
 @operation("One order by its tracking token", responses={200: OrderPublic}, tag="tracking")
 def track(token: str) -> Any:
-    return jsonify(order_json(tracked_order(get_session(), token)))
+    # No one is signed in: the labels speak the browser's first language we have.
+    language = browser_language()
+    return jsonify(order_json(tracked_order(get_session(), token), language=language))

@@ -1,4 +1,6 @@
-"""The unified status set, its human labels, and the state machine over a timeline.
+"""The unified status set and the state machine over a timeline; no words for people.
+
+What each status is called, in each language, is ``waybill.catalogue``'s.
 
 Events may arrive late, twice or out of order. The state here is therefore never "the last
 request wins": it is a pure function of the *set* of events, folded in ``occurred_at`` order,
@@ -59,40 +61,6 @@ PROGRESS: dict[Status, int] = {
     Status.CANCELLED: 5,
 }
 
-LABELS: dict[str, dict[Status, str]] = {
-    "en": {
-        Status.CONFIRMED: "Order confirmed",
-        Status.PROCESSING: "Being prepared",
-        Status.SHIPPED: "Shipped",
-        Status.IN_TRANSIT: "On the way",
-        Status.OUT_FOR_DELIVERY: "Out for delivery",
-        Status.DELIVERED: "Delivered",
-        Status.ATTEMPTED: "Delivery attempted",
-        Status.AVAILABLE_FOR_PICKUP: "Ready for pickup",
-        Status.EXCEPTION: "Delayed",
-        Status.RETURNED: "Returned to sender",
-        Status.CANCELLED: "Cancelled",
-    },
-    "de": {
-        Status.CONFIRMED: "Bestellung bestätigt",
-        Status.PROCESSING: "Wird vorbereitet",
-        Status.SHIPPED: "Versendet",
-        Status.IN_TRANSIT: "Unterwegs",
-        Status.OUT_FOR_DELIVERY: "In Zustellung",
-        Status.DELIVERED: "Zugestellt",
-        Status.ATTEMPTED: "Zustellversuch",
-        Status.AVAILABLE_FOR_PICKUP: "Abholbereit",
-        Status.EXCEPTION: "Verzögert",
-        Status.RETURNED: "Zurück an Absender",
-        Status.CANCELLED: "Storniert",
-    },
-}
-
-
-def label(status: Status | str, language: str = "en") -> str:
-    table = LABELS.get(language, LABELS["en"])
-    return table[Status(status)]
-
 
 def is_terminal(status: Status | str) -> bool:
     return Status(status) in TERMINAL
@@ -132,16 +100,11 @@ def fold(entries: Iterable[TimelineEntry], start: Status | None = None) -> Statu
 
 
 @dataclass(frozen=True)
-class PackageSummary:
+class PackageCounts:
+    """How many parcels an order has and how many of them have arrived."""
+
     total: int
     delivered: int
-
-    def text(self, language: str = "en") -> str | None:
-        if self.total < 2:
-            return None
-        if language == "de":
-            return f"{self.delivered} von {self.total} Paketen zugestellt"
-        return f"{self.delivered} of {self.total} packages delivered"
 
 
 def order_status(base: Status, shipment_statuses: Sequence[Status]) -> Status:
@@ -167,8 +130,8 @@ def order_status(base: Status, shipment_statuses: Sequence[Status]) -> Status:
     return derived
 
 
-def package_summary(shipment_statuses: Sequence[Status]) -> PackageSummary:
-    return PackageSummary(
+def package_counts(shipment_statuses: Sequence[Status]) -> PackageCounts:
+    return PackageCounts(
         total=len(shipment_statuses),
         delivered=sum(1 for s in shipment_statuses if s == Status.DELIVERED),
     )

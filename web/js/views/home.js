@@ -1,8 +1,8 @@
 // Home: every order of the signed-in customer, grouped by what matters today.
 import { ApiError, get } from '../api.js';
 import { h, icon } from '../dom.js';
-import { formatDay, isToday, statusLabel, t, timeAgo } from '../i18n.js';
-import { timeline } from './order-view.js';
+import { formatDay, isToday, t, timeAgo } from '../i18n.js';
+import { orderLabel, timeline } from './order-view.js';
 
 const DONE = new Set(['delivered', 'returned', 'cancelled']);
 const RECENT_MS = 14 * 24 * 3600 * 1000;
@@ -28,7 +28,7 @@ function card(order) {
   return h('li', {}, h('a', { class: 'order-card', href: `/orders/${order.id}`, 'data-order': order.id },
     icon(order.status),
     h('span', {},
-      h('strong', { text: statusLabel(order.status) }),
+      h('strong', { text: orderLabel(order) }),
       h('span', { class: 'sub', text: `${order.merchant.name} · ${order.external_id}` }),
       sub ? h('span', { class: 'sub', text: sub }) : null)));
 }

@@ -23,6 +23,17 @@ export function carrierUrl(carrier, number) {
   return base ? base + encodeURIComponent(number) : null;
 }
 
+/** The label of each status the answer names, for statusLabel to fall back on. */
+function answerLabels(order) {
+  const found = new Map([[order.status, order.status_label]]);
+  for (const s of order.shipments || []) found.set(s.status, s.status_label);
+  for (const e of timeline(order)) found.set(e.status, e.status_label);
+  return found;
+}
+
+/** What the order's status is called (the server's catalogue, else the answer's own label). */
+export const orderLabel = (order) => statusLabel(order.status, order.status_label);
+
 /** Every event of the order and its shipments, newest first. */
 export function timeline(order) {
   const events = [...(order.events || [])];
@@ -31,6 +42,7 @@ export function timeline(order) {
 }
 
 function stepper(order) {
+  const labels = answerLabels(order);
   const reached = new Set([order.status, ...timeline(order).map((e) => e.status)]);
   let last = -1;
   LINE.forEach((s, i) => { if (reached.has(s)) last = i; });
@@ -40,7 +52,7 @@ function stepper(order) {
     let state = i <= last ? 'done' : 'todo';
     if (!offLine && i === last) state = 'current';
     if (offLine && i === Math.min(last + 1, total - 1)) state = TONE[order.status] || 'warn';
-    return h('li', { 'data-state': state, 'data-step': s, title: statusLabel(s) });
+    return h('li', { 'data-state': state, 'data-step': s, title: statusLabel(s, labels.get(s)) });
   });
   const n = Math.max(1, last + 1);
   return [
@@ -53,7 +65,7 @@ function stepper(order) {
 function estimate(order) {
   if (order.status === 'delivered') {
     const when = timeline(order).find((e) => e.status === 'delivered');
-    return when ? t('order.deliveredOn', { date: formatDay(when.occurred_at) }) : statusLabel('delivered');
+    return when ? t('order.deliveredOn', { date: formatDay(when.occurred_at) }) : orderLabel(order);
   }
   if (['cancelled', 'returned'].includes(order.status)) return null;
   const eta = order.estimated_delivery || (order.shipments || []).map((s) => s.estimated_delivery).find(Boolean);
@@ -67,7 +79,7 @@ export function renderOrder(order, { storedAt = null, extra = [] } = {}) {
     h('p', { class: 'merchant', text: t('order.number', { merchant: order.merchant.name, number: order.external_id }) }),
     h('div', { class: 'status', 'data-tone': tone, 'data-status': order.status },
       icon(order.status),
-      h('h1', { id: 'order-status', text: statusLabel(order.status) })),
+      h('h1', { id: 'order-status', text: orderLabel(order) })),
     order.packages?.total > 1 && order.packages.summary ? h('p', { class: 'muted', text: order.packages.summary }) : null,
     stepper(order),
     (() => { const e = estimate(order); return e ? h('p', { class: 'estimate', text: e }) : null; })(),
@@ -81,7 +93,7 @@ export function renderOrder(order, { storedAt = null, extra = [] } = {}) {
     events.length
       ? h('ol', { class: 'timeline' }, events.map((e) => h('li', {},
         h('time', { datetime: e.occurred_at, text: formatDateTime(e.occurred_at) }),
-        h('span', { class: 'what', text: statusLabel(e.status) }),
+        h('span', { class: 'what', text: statusLabel(e.status, e.status_label) }),
         e.location ? h('span', { class: 'muted', text: ` · ${e.location}` }) : null,
         e.description ? h('p', { class: 'small', text: e.description }) : null)))
       : h('p', { class: 'muted', text: t('order.noEvents') }));

@@ -1,20 +1,17 @@
 // Settings: notification preferences (the contract's whole-object PUT), push devices, sign out.
 import { ApiError, get, request } from '../api.js';
 import { h } from '../dom.js';
-import { LANGUAGES, language, saveLanguage, statusLabel, t } from '../i18n.js';
+import { LANGUAGES, language, saveLanguage, statusList, t } from '../i18n.js';
 import { mountSettings } from '../passkeys.js';
 import { currentSubscription, pushSupported, subscribe, unsubscribe } from '../push.js';
 
-const STATUSES = ['confirmed', 'processing', 'shipped', 'in_transit', 'out_for_delivery', 'delivered',
-  'attempted', 'available_for_pickup', 'exception', 'returned', 'cancelled'];
-const ON_BY_DEFAULT = new Set(['shipped', 'out_for_delivery', 'delivered', 'attempted', 'available_for_pickup',
-  'exception', 'returned', 'cancelled']);
 const browserZone = () => Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
 
+/** What the server applies before a customer saves; the statuses' defaults are the server's. */
 export function defaults() {
   return {
     channels: { push: true, email: true },
-    statuses: Object.fromEntries(STATUSES.map((s) => [s, ON_BY_DEFAULT.has(s)])),
+    statuses: Object.fromEntries(statusList().map((s) => [s.status, s.default_on])),
     quiet_hours: null,
     timezone: browserZone(),
     language: language(),
@@ -100,12 +97,14 @@ export async function render(app) {
   const zones = (Intl.supportedValuesOf ? Intl.supportedValuesOf('timeZone') : [browserZone()]);
   if (!zones.includes(prefs.timezone)) zones.unshift(prefs.timezone);
   const quiet = prefs.quiet_hours;
+  // The stages one can hear about, and their names, as the server's catalogue lists them.
+  const stages = statusList().filter((s) => s.notifiable);
   const form = h('form', { id: 'preferences', novalidate: true },
     h('fieldset', {}, h('legend', { text: t('settings.channels') }),
       toggle('ch-push', t('settings.push'), prefs.channels.push),
       toggle('ch-email', t('settings.email'), prefs.channels.email)),
     h('fieldset', {}, h('legend', { text: t('settings.statuses') }),
-      STATUSES.map((s) => toggle(`st-${s}`, statusLabel(s), Boolean(prefs.statuses[s])))),
+      stages.map((s) => toggle(`st-${s.status}`, s.label, Boolean(prefs.statuses[s.status])))),
     h('fieldset', {}, h('legend', { text: t('settings.quiet') }),
       toggle('quiet-on', t('settings.quietOn'), Boolean(quiet)),
       h('div', { class: 'row' },
@@ -126,7 +125,8 @@ export async function render(app) {
     const value = (id) => form.querySelector(`#${id}`);
     const body = {
       channels: { push: value('ch-push').checked, email: value('ch-email').checked },
-      statuses: Object.fromEntries(STATUSES.map((s) => [s, value(`st-${s}`).checked])),
+      // A stage not listed (the catalogue could not be fetched) keeps what was saved.
+      statuses: { ...prefs.statuses, ...Object.fromEntries(stages.map((s) => [s.status, value(`st-${s.status}`).checked])) },
       quiet_hours: value('quiet-on').checked ? { start: value('quiet-start').value, end: value('quiet-end').value } : null,
       timezone: value('timezone').value,
       language: value('language').value,
@@ -165,7 +165,6 @@ export async function render(app) {
     deviceList,
     h('fieldset', {}, h('legend', { text: t('settings.account') }),
       h('p', { text: t('settings.signedInAs', { email: who.email }) }),
-      // Issue 6 mounts passkey management here.
       h('div', { id: 'settings-security' }),
       signOut)));
   await mountSettings(app, document.getElementById('settings-security'));

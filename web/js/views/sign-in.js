@@ -50,7 +50,7 @@ export async function render(app) {
       h('div', { class: 'field' }, h('label', { for: 'email', text: t('signin.email') }), email),
       error,
       h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', text: t('signin.send') })),
-      // Issue 6 mounts its OpenID Connect and passkey buttons here.
+      // The passkey and OpenID Connect buttons (passkeys.js).
       h('div', { id: 'sign-in-more' }));
     form.addEventListener('submit', async (event) => {
       event.preventDefault();

@@ -1,9 +1,9 @@
 // The tracking page /t/<token> (no account) and the order detail /orders/<id> (signed in).
 import { ApiError, get, request } from '../api.js';
 import { h } from '../dom.js';
-import { statusLabel, t } from '../i18n.js';
+import { t } from '../i18n.js';
 import { pushSupported, subscribe } from '../push.js';
-import { renderOrder } from './order-view.js';
+import { orderLabel, renderOrder } from './order-view.js';
 
 function notifyButton(token) {
   const note = h('p', { class: 'small muted', role: 'status' });
@@ -56,7 +56,7 @@ export async function render(app, { token, orderId }) {
       ? [notifyButton(token), h('p', { class: 'link-row' }, h('a', { href: '/sign-in', text: t('order.signIn') }))]
       : [mute, h('p', { class: 'link-row' }, h('a', { href: '/', text: t('order.back') }))];
     app.show(renderOrder(order, { storedAt, extra }));
-    document.title = `${statusLabel(order.status)} · ${order.merchant.name} · Waybill`;
+    document.title = `${orderLabel(order)} · ${order.merchant.name} · Waybill`;
   };
 
   const load = async () => {
@@ -85,7 +85,7 @@ export async function render(app, { token, orderId }) {
     const changed = order.status !== current.status;
     current = order;
     draw(order, null);
-    if (changed) app.announce(t('order.changed', { status: statusLabel(order.status) }));
+    if (changed) app.announce(t('order.changed', { status: orderLabel(order) }));
   });
 
   app.refresh = load;
