@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from typing import Any
 
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
 
 from waybill.auth.login import normalise_email
 from waybill.auth.tokens import new_tracking_token
@@ -32,7 +34,7 @@ from waybill.models import (
 )
 from waybill.notify import outbox
 from waybill.tracking.events import dedupe_key, order_estimate
-from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status
+from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status, sort_key, step
 
 
 class Conflict(Exception):
@@ -179,17 +181,28 @@ def _record(
         location=location,
         description=description,
     )
-    seen = session.exec(
-        select(TrackingEvent.id).where(
-            TrackingEvent.order_id == order.id, TrackingEvent.dedupe_key == key
+    entry = TimelineEntry(occurred_at, Status(status), key)
+    shipment_id = shipment.id if shipment else None
+    # One read answers both questions: was this event seen before, and does it come after
+    # every other event of its timeline (then the fold is one step, not the timeline again)?
+    near = session.exec(
+        select(TrackingEvent.dedupe_key, TrackingEvent.occurred_at, TrackingEvent.status).where(
+            TrackingEvent.order_id == order.id,
+            sa.or_(
+                TrackingEvent.dedupe_key == key,
+                sa.and_(_in_timeline(shipment_id), TrackingEvent.occurred_at >= occurred_at),  # type: ignore[operator]
+            ),
         )
-    ).first()
-    if seen is not None:
+    ).all()
+    if any(k == key for k, _, _ in near):
         return False
+    comes_last = all(
+        sort_key(TimelineEntry(at, Status(st), k)) < sort_key(entry) for k, at, st in near
+    )
     session.add(
         TrackingEvent(
             order_id=order.id,  # type: ignore[arg-type]
-            shipment_id=shipment.id if shipment else None,
+            shipment_id=shipment_id,
             status=status,
             occurred_at=occurred_at,
             location=location,
@@ -200,29 +213,43 @@ def _record(
         )
     )
     session.flush()
+    if shipment is not None:
+        folded = (
+            step(Status(shipment.status), entry.status)
+            if comes_last
+            else fold(_timeline(session, order, shipment.id), start=Status.SHIPPED)
+            or Status.SHIPPED
+        )
+        if shipment.status != folded:
+            shipment.status = folded
+            session.add(shipment)
     _recompute(session, order, "event.recorded")
     return True
 
 
-def _entries(events: list[TrackingEvent]) -> list[TimelineEntry]:
-    return [TimelineEntry(e.occurred_at, Status(e.status), e.dedupe_key) for e in events]
+def _in_timeline(shipment_id: int | None) -> Any:
+    """The events of one shipment, or the order's own (those of no shipment)."""
+    if shipment_id is None:
+        return col(TrackingEvent.shipment_id).is_(None)
+    return col(TrackingEvent.shipment_id) == shipment_id
+
+
+def _timeline(session: Session, order: Order, shipment_id: int | None) -> list[TimelineEntry]:
+    rows = session.exec(
+        select(TrackingEvent.occurred_at, TrackingEvent.status, TrackingEvent.dedupe_key).where(
+            TrackingEvent.order_id == order.id, _in_timeline(shipment_id)
+        )
+    )
+    return [TimelineEntry(at, Status(st), key) for at, st, key in rows]
 
 
 def _recompute(session: Session, order: Order, kind: str) -> None:
-    """Fold every shipment's and the order's timeline; log the change."""
-    events = list(session.exec(select(TrackingEvent).where(TrackingEvent.order_id == order.id)))
+    """The order's status from its own timeline and its shipments' statuses (each kept
+    current as its events arrive); log the change."""
     shipments = list(session.exec(select(Shipment).where(Shipment.order_id == order.id)))
-    statuses: list[Status] = []
-    for shipment in shipments:
-        own = [e for e in events if e.shipment_id == shipment.id]
-        status = fold(_entries(own), start=Status.SHIPPED) or Status.SHIPPED
-        if shipment.status != status:
-            shipment.status = status
-            session.add(shipment)
-        statuses.append(status)
-    base = fold(_entries([e for e in events if e.shipment_id is None]), start=Status.CONFIRMED)
+    base = fold(_timeline(session, order, None), start=Status.CONFIRMED)
     before = order.status
-    order.status = order_status(base or Status.CONFIRMED, statuses)
+    order.status = order_status(base or Status.CONFIRMED, [Status(s.status) for s in shipments])
     order.estimated_delivery = order_estimate(
         (s.estimated_delivery for s in shipments), order.estimated_delivery
     )

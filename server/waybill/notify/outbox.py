@@ -30,7 +30,7 @@ from waybill.notify.subscriptions import (
     anonymous_expiry,
     customer_scope,
     forget_subscriptions,
-    in_scope,
+    in_scopes,
     order_scope,
 )
 
@@ -84,13 +84,15 @@ def enqueue_change(
     rows: list[OutboxMessage] = []
 
     customer = session.get(Customer, order.customer_id)
+    # The customer's devices and the order's followers, in one read.
+    scopes = in_scopes(session, [customer_scope(order.customer_id), order_scope(order.id)])  # type: ignore[arg-type]
     # A browser the customer turned push on in hears this order by the customer's own
     # preferences, never a second time through a "Notify me" of the same browser.
     customer_endpoints: set[str] = set()
     if customer is not None:
         decision = preferences.should_notify(info, customer_preferences(customer), now)
         due = decision.hold_until or now
-        own = in_scope(session, customer_scope(customer.id))  # type: ignore[arg-type]
+        own = scopes[customer_scope(order.customer_id)]
         customer_endpoints = {sub.endpoint_hash for sub in own}
         if "push" in decision.channels:
             for sub in own:
@@ -98,7 +100,7 @@ def enqueue_change(
         if "email" in decision.channels:
             rows.append(_row(change, order, "email", customer.email, None, due, now))
 
-    anonymous = in_scope(session, order_scope(order.id))  # type: ignore[arg-type]
+    anonymous = scopes[order_scope(order.id)]  # type: ignore[arg-type]
     if anonymous:
         decision = preferences.should_notify(info, preferences.anonymous(), now)
         for sub in anonymous:
@@ -110,16 +112,15 @@ def enqueue_change(
             sub.expires_at = anonymous_expiry(change.status_after, now)
             session.add(sub)
 
-    for row in rows:
+    if rows:
         supersede_older(
             session,
-            order_id=row.order_id,
-            destination=row.destination,
-            change_id=row.change_id,
+            order_id=order.id,  # type: ignore[arg-type]
+            destinations=[row.destination for row in rows],
+            change_id=change.id,  # type: ignore[arg-type]
             now=now,
         )
-        session.add(row)
-    if rows:
+        session.add_all(rows)
         session.flush()
     return len(rows)
 
@@ -152,12 +153,12 @@ def supersede_older(
     session: Session,
     *,
     order_id: int,
-    destination: str,
+    destinations: Sequence[str],
     change_id: int,
     now: datetime,
     batch: str | None = None,
 ) -> None:
-    """Only the latest goes: a notification of the order to the same destination about a
+    """Only the latest goes: a notification of the order to one of ``destinations`` about a
     change older than ``change_id`` that has not gone out yet (due, held for quiet hours, or
     backing off) is replaced by it. One in flight is left to finish: ``claim`` holds the newer
     one back until it has, and ``record`` drops the older one should it need another try.
@@ -175,7 +176,7 @@ def supersede_older(
         sa.update(OutboxMessage)
         .where(
             col(OutboxMessage.order_id) == order_id,
-            col(OutboxMessage.destination) == destination,
+            col(OutboxMessage.destination).in_(destinations),
             col(OutboxMessage.change_id) < change_id,
             col(OutboxMessage.state) == "pending",
             waiting,
@@ -280,7 +281,7 @@ def claim(engine: Engine, *, owner: str, limit: int, now: datetime, lease: timed
             supersede_older(
                 session,
                 order_id=order_id,
-                destination=destination,
+                destinations=[destination],
                 change_id=newest[(order_id, destination)],
                 now=now,
                 batch=owner,

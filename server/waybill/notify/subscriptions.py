@@ -293,6 +293,18 @@ def find(session: Session, *, scope: str, endpoint: str) -> PushSubscription | N
     ).first()
 
 
+def in_scopes(session: Session, scopes: Sequence[str]) -> dict[str, list[PushSubscription]]:
+    """The subscriptions of each scope, oldest first, in one read."""
+    found: dict[str, list[PushSubscription]] = {scope: [] for scope in scopes}
+    for sub in session.exec(
+        select(PushSubscription)
+        .where(col(PushSubscription.scope).in_(scopes))
+        .order_by(col(PushSubscription.id))
+    ):
+        found[sub.scope].append(sub)
+    return found
+
+
 def in_scope(session: Session, scope: str) -> list[PushSubscription]:
     """A customer's devices (``customer_scope``) or an order's followers (``order_scope``),
     oldest first."""

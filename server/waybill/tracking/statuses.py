@@ -93,10 +93,17 @@ def fold(entries: Iterable[TimelineEntry], start: Status | None = None) -> Statu
     """
     status = start
     for entry in ordered(entries):
-        if status is not None and status in TERMINAL and entry.status not in TERMINAL:
-            continue
-        status = entry.status
+        status = step(status, entry.status)
     return status
+
+
+def step(status: Status | None, newer: Status) -> Status:
+    """The status after one event newer than every other of its timeline: ``fold`` of a
+    timeline is ``step`` applied to each entry in order, so an event that comes last (the
+    common case) needs the current status, not the timeline read back."""
+    if status is not None and status in TERMINAL and newer not in TERMINAL:
+        return status
+    return newer
 
 
 @dataclass(frozen=True)
