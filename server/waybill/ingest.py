@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +24,7 @@ from waybill.db import publish_on_commit
 from waybill.models import (
     Change,
     Customer,
+    EventBatchItem,
     Merchant,
     Order,
     OrderCreate,
@@ -279,3 +282,91 @@ def _record_change(session: Session, order: Order, kind: str, before: str | None
             "status": order.status,
         },
     )
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What became of one event of a batch: ``recorded``, ``duplicate`` (seen before),
+    ``not_found`` (no such order or shipment of this merchant) or ``conflict``."""
+
+    outcome: str
+    order: Order | None = None
+    shipment: Shipment | None = None
+
+
+def record_events(
+    *, session: Session, merchant: Merchant, items: Sequence[EventBatchItem], source: str = "api"
+) -> list[BatchOutcome]:
+    """Record many events in the caller's transaction, each whole or not at all (a savepoint
+    each): one that fails leaves the others and nothing of itself behind. Their orders and
+    shipments are read in three queries, not one per event."""
+    orders = {
+        o.id: o
+        for o in session.exec(
+            select(Order).where(
+                col(Order.id).in_({i.order_id for i in items if i.order_id}),
+                Order.merchant_id == merchant.id,
+            )
+        )
+    }
+    by_id: dict[int, tuple[Shipment, Order]] = {}
+    by_number: dict[tuple[str, str], tuple[Shipment, Order]] = {}
+    ids = {i.shipment_id for i in items if i.shipment_id}
+    numbers = {(i.carrier, i.tracking_number) for i in items if i.carrier and i.tracking_number}
+    if ids:
+        for shipment, order in session.exec(
+            select(Shipment, Order)
+            .join(Order, col(Order.id) == col(Shipment.order_id))
+            .where(col(Shipment.id).in_(ids), Order.merchant_id == merchant.id)
+        ):
+            by_id[shipment.id] = (shipment, order)  # type: ignore[index]
+    if numbers:
+        for shipment, order in session.exec(
+            select(Shipment, Order)
+            .join(Order, col(Order.id) == col(Shipment.order_id))
+            .where(
+                sa.tuple_(col(Shipment.carrier), col(Shipment.tracking_number)).in_(numbers),
+                Order.merchant_id == merchant.id,
+            )
+            .order_by(col(Shipment.id))
+        ):
+            by_number[(shipment.carrier, shipment.tracking_number)] = (shipment, order)  # newest
+    outcomes: list[BatchOutcome] = []
+    for item in items:
+        target = (
+            by_id.get(item.shipment_id)
+            if item.shipment_id
+            else by_number.get((item.carrier, item.tracking_number))  # type: ignore[arg-type]
+            if item.carrier
+            else None
+        )
+        order = target[1] if target else orders.get(item.order_id or 0)
+        if order is None:
+            outcomes.append(BatchOutcome("not_found"))
+            continue
+        shipment = target[0] if target else None
+        try:
+            with session.begin_nested():
+                if shipment is not None:
+                    done = record_shipment_event(
+                        session=session,
+                        shipment=shipment,
+                        data=ShipmentEventCreate(**item.model_dump(include=_SHIPMENT_EVENT)),
+                        source=source,
+                    )
+                else:
+                    done = record_order_event(
+                        session=session,
+                        order=order,
+                        data=OrderEventCreate(**item.model_dump(include=_ORDER_EVENT)),
+                        source=source,
+                    )
+        except sa.exc.IntegrityError:  # another request recorded the same event meanwhile
+            outcomes.append(BatchOutcome("conflict", order, shipment))
+            continue
+        outcomes.append(BatchOutcome("recorded" if done else "duplicate", order, shipment))
+    return outcomes
+
+
+_SHIPMENT_EVENT = {"status", "occurred_at", "event_id", "location", "description"}
+_ORDER_EVENT = {"status", "occurred_at", "event_id", "description"}

@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, g, jsonify, request
+from pydantic import ValidationError
 from sqlmodel import select
 
 from waybill.api.access import MAX_ID, owned_or_404
@@ -14,15 +15,21 @@ from waybill.api.answers import order_json, rendered_orders
 from waybill.api.spec import operation, parse_body, without_nul
 from waybill.auth import merchant_keys
 from waybill.db import get_session, touch
-from waybill.errors import ApiError, not_found
+from waybill.errors import ApiError, not_found, validation_fields
 from waybill.ingest import (
     Conflict,
     add_shipment,
     create_order,
+    record_events,
     record_order_event,
     record_shipment_event,
 )
 from waybill.models import (
+    EventBatchBody,
+    EventBatchItem,
+    EventBatchResult,
+    EventBatchResults,
+    ItemError,
     Merchant,
     MerchantOrderList,
     MerchantOrderPublic,
@@ -242,3 +249,60 @@ def post_shipment_event(shipment_id: int) -> Any:
     recorded = record_shipment_event(session=db, shipment=shipment, data=data)
     _commit()
     return _answer(order, 201 if recorded else 200)
+
+
+#: Events per transaction: a writer holds the database (on SQLite, every writer) this long.
+BATCH_CHUNK = 200
+_OUTCOME_STATUS = {"recorded": 201, "duplicate": 200, "not_found": 404, "conflict": 409}
+
+
+@bp.post("/events")
+@operation(
+    "Record up to 1,000 events of orders and shipments; each answered on its own",
+    body=EventBatchBody,
+    responses={200: EventBatchResults},
+    security="merchant",
+    tag="merchant",
+)
+def post_events() -> Any:
+    body = parse_body(EventBatchBody)
+    results: list[EventBatchResult | None] = [None] * len(body.events)
+    valid: list[tuple[int, EventBatchItem]] = []
+    for index, raw in enumerate(body.events):
+        try:
+            valid.append((index, EventBatchItem.model_validate(raw)))
+        except ValidationError as exc:
+            results[index] = EventBatchResult(
+                index=index,
+                status=422,
+                error=ItemError(
+                    code="invalid",
+                    message="some values are not valid",
+                    fields=validation_fields(exc),
+                ),
+            )
+    db = get_session()
+    for start in range(0, len(valid), BATCH_CHUNK):
+        chunk = valid[start : start + BATCH_CHUNK]
+        outcomes = record_events(session=db, merchant=_merchant(), items=[i for _, i in chunk])
+        _commit()
+        for (index, _), done in zip(chunk, outcomes, strict=True):
+            status = _OUTCOME_STATUS[done.outcome]
+            results[index] = EventBatchResult(
+                index=index,
+                status=status,
+                order_id=done.order.id if done.order else None,
+                shipment_id=done.shipment.id if done.shipment else None,
+                order_status=done.order.status if done.order and status < 300 else None,
+                error=_item_error(done.outcome),
+            )
+    answer = EventBatchResults(results=[r for r in results if r is not None])
+    return jsonify(answer.model_dump(mode="json"))
+
+
+def _item_error(outcome: str) -> ItemError | None:
+    if outcome == "not_found":
+        return ItemError(code="not_found", message="no such order or shipment")
+    if outcome == "conflict":
+        return ItemError(code="conflict", message="a concurrent request changed it; retry")
+    return None

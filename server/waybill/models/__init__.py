@@ -6,6 +6,14 @@ it. ``…Public`` is what every reader gets as JSON. Only the tables have ``tabl
 
 from __future__ import annotations
 
+from waybill.models.batches import (
+    MAX_BATCH,
+    EventBatchBody,
+    EventBatchItem,
+    EventBatchResult,
+    EventBatchResults,
+    ItemError,
+)
 from waybill.models.customers import (
     AuthSession,
     CodeSignIn,
@@ -53,6 +61,12 @@ from waybill.models.types import (
 )
 
 __all__ = [
+    "MAX_BATCH",
+    "EventBatchBody",
+    "EventBatchItem",
+    "EventBatchResult",
+    "EventBatchResults",
+    "ItemError",
     "ONE_LINE",
     "ApiKey",
     "AuthSession",
