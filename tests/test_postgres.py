@@ -69,3 +69,38 @@ def test_order_lifecycle_on_postgres(pg_app):
     # PostgreSQL refuses NUL in text: it is dropped on the way in, not a 500
     nul = merchant.post("/orders", {"external_id": "N\u0000UL", "customer": {"email": "n@x.de"}})
     assert nul.status_code == 201 and nul.get_json()["external_id"] == "NUL"
+
+
+def test_concurrent_events_to_one_order_lose_no_update(pg_app):
+    """Eight parcels of one order delivered at once, from eight connections: every writer's
+    status is folded from the others' committed ones, so the order ends delivered."""
+    import threading
+
+    client = pg_app.test_client()
+    shop = make_merchant(pg_app, client)
+    parcels = 8
+    for round_ in range(3):
+        order = shop.create_order(email=f"many{round_}@example.com")
+        ids = [shop.add_shipment(order["id"])["id"] for _ in range(parcels)]
+        start = threading.Barrier(parcels)
+        answers: list[int] = []
+
+        def deliver(shipment_id: int) -> None:
+            own = pg_app.test_client()
+            start.wait()
+            r = own.post(
+                f"/api/v1/shipments/{shipment_id}/events",
+                json={"status": "delivered", "occurred_at": "2026-12-01T10:00:00Z"},
+                headers=shop.headers,
+            )
+            answers.append(r.status_code)
+
+        threads = [threading.Thread(target=deliver, args=(i,)) for i in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert answers == [201] * parcels
+        got = shop.get(f"/orders/{order['id']}").get_json()
+        assert [s["status"] for s in got["shipments"]] == ["delivered"] * parcels
+        assert got["status"] == "delivered", got["packages"]

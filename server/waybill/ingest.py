@@ -115,7 +115,26 @@ def create_order(
     return order, True
 
 
+def _lock(session: Session, order: Order, shipment: Shipment | None = None) -> None:
+    """Writers of one order take turns: its row is locked (``FOR UPDATE``) for the rest of the
+    transaction and re-read with its shipment, so a status folded from what another writer
+    committed meanwhile is never lost. SQLite's writers already take turns (``BEGIN
+    IMMEDIATE``)."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    session.exec(
+        select(Order)
+        .where(Order.id == order.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    if shipment is not None:
+        session.refresh(shipment)
+
+
 def add_shipment(*, session: Session, order: Order, data: ShipmentCreate) -> Shipment:
+    _lock(session, order)
     shipment = Shipment(
         order_id=order.id,  # type: ignore[arg-type]
         carrier=data.carrier,
@@ -176,6 +195,7 @@ def _record(
     source: str,
 ) -> bool:
     """Record one event; False when it was seen before (nothing changes then)."""
+    _lock(session, order, shipment)
     key = dedupe_key(
         shipment_id=shipment.id if shipment else None,
         status=status,
