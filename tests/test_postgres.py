@@ -85,7 +85,7 @@ def test_concurrent_events_to_one_order_lose_no_update(pg_app):
         start = threading.Barrier(parcels)
         answers: list[int] = []
 
-        def deliver(shipment_id: int) -> None:
+        def deliver(shipment_id: int, start=start, answers=answers) -> None:  # type: ignore[no-untyped-def]
             own = pg_app.test_client()
             start.wait()
             r = own.post(
