@@ -18,8 +18,9 @@ from waybill.db import get_session
 from waybill.devices import device_label
 from waybill.errors import ApiError
 from waybill.models import utcnow
-from waybill.notify import outbox, subscriptions
+from waybill.notify import subscriptions
 from waybill.notify.models import PushSubscription
+from waybill.orders import language_of
 
 bp = Blueprint("push_subscriptions_api", __name__, url_prefix="/api/me/push-subscriptions")
 
@@ -118,7 +119,7 @@ def add_subscription() -> Any:
         p256dh=body.keys.p256dh,
         auth=body.keys.auth,
         label=device_label(request.user_agent.string),
-        language=outbox.customer_preferences(customer).language,
+        language=language_of(customer),
         auth_session_id=sessions.signed_in().id,
         now=utcnow(),
     )
