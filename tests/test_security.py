@@ -167,6 +167,8 @@ def test_merchant_api_is_limited_per_key(instance_dir):
             assert first.get("/orders").status_code == 200
         _assert_429(first.get("/orders"))
         _assert_429(first.post("/orders", {"external_id": "A", "customer": {"email": "a@b.co"}}))
+        _assert_429(first.get("/orders/1/events"))  # every route a key opens shares the limit
+        _assert_429(first.post("/events", {"events": [{"order_id": 1, "status": "processing"}]}))
         assert second.get("/orders").status_code == 200
     finally:
         _close(app)

@@ -11,6 +11,7 @@ from waybill.api import (
     account,
     customer,
     errors,
+    events,
     merchant,
     order_preferences,
     preferences,
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (
         spec.bp,
         merchant.bp,
+        events.merchant_bp,
         customer.bp,
         track.bp,
         statuses_api.bp,

@@ -36,6 +36,11 @@ _write_locks_guard = threading.Lock()
 os.register_at_fork(after_in_child=_write_locks.clear)
 
 
+#: The largest id a table holds (a signed 64-bit integer): a bigger one in a URL is no row's,
+#: and must not reach the database (PostgreSQL refuses it with an error, not an empty answer).
+MAX_ID = 2**63 - 1
+
+
 def create_engine(settings: Settings) -> Engine:
     url = settings.database_url
     if settings.is_sqlite:

@@ -1,20 +1,29 @@
 """Reading orders: by tracking token, in the customer's language, as the JSON every reader
 gets (the merchant, the signed-in customer, a tracking link, a socket frame).
 
-Rows for a whole page of orders are loaded in three queries, not three per order.
+Rows for a whole page of orders are loaded in a few queries, not a few per order. No answer
+grows with an order's history: each timeline (the order's own events, and each shipment's)
+carries its latest ``EVENTS_SHOWN`` events, how many it has, and a cursor to the older ones,
+which ``event_page`` reads a page at a time.
 """
 
 from __future__ import annotations
 
+import base64
+import re
+import struct
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from waybill import catalogue
 from waybill.auth.tokens import digest, tracking_token
 from waybill.catalogue import label, package_summary
+from waybill.db import MAX_ID
 from waybill.errors import not_found
 from waybill.models import (
     Change,
@@ -32,7 +41,17 @@ from waybill.models import (
     ShipmentPublic,
     TrackingEvent,
 )
+from waybill.models.orders import EVENT_CURSOR_PATTERN, EventPage
 from waybill.tracking.statuses import Status
+
+#: The latest events of each timeline every order answer and socket frame carries.
+EVENTS_SHOWN = 50
+#: The most events one page of ``GET …/events`` holds.
+EVENTS_PAGE_MAX = 100
+
+_CURSOR = re.compile(EVENT_CURSOR_PATTERN.strip("^$"))
+_DAY_ONE = datetime(1, 1, 1, tzinfo=UTC)
+_LAST_MICROSECOND = (datetime.max.replace(tzinfo=UTC) - _DAY_ONE) // timedelta(microseconds=1)
 
 
 def tracking_url(base_url: str, secret_key: str, order: Order) -> str:
@@ -69,7 +88,28 @@ def tracked_order(session: Session, token: str) -> Order:
     return order
 
 
-def _event(e: TrackingEvent, lang: str) -> EventPublic:
+def event_cursor(occurred_at: datetime, event_id: int) -> str:
+    """The cursor to the events of a timeline older than this one (``occurred_at``, then
+    ``event_id``, as timelines are ordered). Opaque to clients: 16 bytes (microseconds since
+    0001-01-01 UTC, and the event's id), base64url."""
+    micros = (occurred_at.astimezone(UTC) - _DAY_ONE) // timedelta(microseconds=1)
+    raw = struct.pack(">QQ", micros, event_id)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_event_cursor(cursor: str) -> tuple[datetime, int] | None:
+    """The place a cursor names, or None when ``cursor`` has not the shape of one. Every
+    string of that shape names a place (one past the last representable instant or id stands
+    for the end), so a made-up cursor reads like any other."""
+    if not _CURSOR.fullmatch(cursor):
+        return None
+    micros, event_id = struct.unpack(">QQ", base64.urlsafe_b64decode(cursor + "=="))
+    at = _DAY_ONE + timedelta(microseconds=min(micros, _LAST_MICROSECOND))
+    return at, min(event_id, MAX_ID)
+
+
+def _event(e: Any, lang: str) -> EventPublic:
+    """One event (a ``TrackingEvent`` or a row with its columns) as readers get it."""
     return EventPublic(
         status=e.status,
         status_label=label(e.status, lang),
@@ -77,6 +117,59 @@ def _event(e: TrackingEvent, lang: str) -> EventPublic:
         location=e.location,
         description=e.description,
     )
+
+
+_EVENT_COLUMNS = (
+    col(TrackingEvent.id),
+    col(TrackingEvent.order_id),
+    col(TrackingEvent.shipment_id),
+    col(TrackingEvent.status),
+    col(TrackingEvent.occurred_at),
+    col(TrackingEvent.location),
+    col(TrackingEvent.description),
+)
+_NEWEST_FIRST = (col(TrackingEvent.occurred_at).desc(), col(TrackingEvent.id).desc())
+
+
+def _latest_events(
+    session: Session, order_ids: Sequence[int | None]
+) -> tuple[dict[tuple[int, int | None], list[Any]], dict[tuple[int, int | None], int]]:
+    """The latest ``EVENTS_SHOWN`` events of every timeline of these orders (oldest first),
+    and how many each timeline has: one query, whatever the orders' histories hold. Only the
+    rows shown leave the database (a window function ranks them there)."""
+    timeline = (col(TrackingEvent.order_id), col(TrackingEvent.shipment_id))
+    ranked = (
+        sa.select(
+            *_EVENT_COLUMNS,
+            sa.func.row_number().over(partition_by=timeline, order_by=_NEWEST_FIRST).label("rank"),
+            sa.func.count().over(partition_by=timeline).label("total"),
+        )
+        .where(col(TrackingEvent.order_id).in_(order_ids))
+        .subquery("ranked")
+    )
+    rows = session.exec(
+        sa.select(ranked)
+        .where(ranked.c.rank <= EVENTS_SHOWN)
+        .order_by(ranked.c.occurred_at, ranked.c.id)
+    )
+    events: dict[tuple[int, int | None], list[Any]] = defaultdict(list)
+    totals: dict[tuple[int, int | None], int] = {}
+    for row in rows:
+        key = (row.order_id, row.shipment_id)
+        events[key].append(row)
+        totals[key] = row.total
+    return events, totals
+
+
+def _timeline_fields(rows: list[Any], total: int, language: str) -> dict[str, Any]:
+    """What an answer says of one timeline: its latest events, oldest first, and the rest."""
+    left_out = total > len(rows)
+    return {
+        "events": [_event(e, language) for e in rows],
+        "events_total": total,
+        "events_before": event_cursor(rows[0].occurred_at, rows[0].id) if left_out else None,
+        "events_truncated": left_out,
+    }
 
 
 def render_orders(
@@ -96,13 +189,7 @@ def render_orders(
         select(Shipment).where(Shipment.order_id.in_(ids)).order_by(Shipment.id)  # type: ignore[union-attr]
     ):
         shipments[s.order_id].append(s)
-    events: dict[tuple[int, int | None], list[TrackingEvent]] = defaultdict(list)
-    for e in session.exec(
-        select(TrackingEvent)
-        .where(TrackingEvent.order_id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(TrackingEvent.occurred_at, TrackingEvent.id)
-    ):
-        events[(e.order_id, e.shipment_id)].append(e)
+    events, totals = _latest_events(session, ids)
     cursors = dict(
         session.exec(
             select(Change.order_id, sa.func.max(Change.id))
@@ -149,11 +236,19 @@ def render_orders(
                     status=s.status,
                     status_label=label(s.status, language),
                     estimated_delivery=s.estimated_delivery,
-                    events=[_event(e, language) for e in events[(order.id, s.id)]],  # type: ignore[index]
+                    **_timeline_fields(
+                        events[(order.id, s.id)],  # type: ignore[index]
+                        totals.get((order.id, s.id), 0),  # type: ignore[arg-type]
+                        language,
+                    ),
                 )
                 for s in ships
             ],
-            events=[_event(e, language) for e in events[(order.id, None)]],  # type: ignore[index]
+            **_timeline_fields(
+                events[(order.id, None)],  # type: ignore[index]
+                totals.get((order.id, None), 0),  # type: ignore[arg-type]
+                language,
+            ),
             estimated_delivery=order.estimated_delivery,
             placed_at=order.placed_at,
             created_at=order.created_at,
@@ -176,3 +271,37 @@ def render_orders(
 
 def render_order(session: Session, order: Order, **kwargs: object) -> OrderPublic:
     return render_orders(session, [order], **kwargs)[0]  # type: ignore[arg-type]
+
+
+def event_page(
+    session: Session,
+    order: Order,
+    *,
+    shipment_id: int | None,
+    before: tuple[datetime, int] | None,
+    limit: int,
+    language: str = "en",
+) -> EventPage:
+    """Up to ``limit`` events of one timeline of ``order`` (a shipment's, or with None the
+    order's own) that come before ``before`` (all, when None), the newest of them, oldest first;
+    with the cursor to the ones before those, or None when there are none. ``limit + 1`` rows
+    at most leave the database."""
+    ship, at_col, id_col = (
+        col(TrackingEvent.shipment_id),
+        col(TrackingEvent.occurred_at),
+        col(TrackingEvent.id),
+    )
+    query = sa.select(*_EVENT_COLUMNS).where(
+        col(TrackingEvent.order_id) == order.id,
+        ship.is_(None) if shipment_id is None else ship == shipment_id,
+    )
+    if before is not None:
+        at, event_id = before
+        query = query.where(sa.or_(at_col < at, sa.and_(at_col == at, id_col < event_id)))
+    rows = list(session.exec(query.order_by(*_NEWEST_FIRST).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit][::-1]
+    return EventPage(
+        events=[_event(e, language) for e in rows],
+        next_before=event_cursor(rows[0].occurred_at, rows[0].id) if more else None,
+    )

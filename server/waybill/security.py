@@ -223,11 +223,13 @@ def init_app(app: Flask) -> Limiter:
 
 def _limit_routes(app: Flask, limiter: Limiter, limits: dict[str, str]) -> None:
     """Attach limits to the routes by their paths, whichever blueprint serves them."""
-    from waybill.api import merchant
+    from waybill.api import events, merchant
 
-    limiter.shared_limit(
+    per_key = limiter.shared_limit(
         limits["merchant_api_per_key"], scope="merchant-api", key_func=_api_key_of_request
-    )(merchant.bp)
+    )
+    for blueprint in (merchant.bp, events.merchant_bp):  # every route a merchant key opens
+        per_key(blueprint)
     for rule in list(app.url_map.iter_rules()):
         endpoint = rule.endpoint
         view = app.view_functions[endpoint]

@@ -6,11 +6,8 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session, SQLModel
 
+from waybill.db import MAX_ID
 from waybill.errors import not_found
-
-#: The largest id a table holds (a signed 64-bit integer): a bigger one in a URL is no row's,
-#: and must not reach the database (PostgreSQL refuses it with an error, not an empty answer).
-MAX_ID = 2**63 - 1
 
 T = TypeVar("T", bound=SQLModel)
 

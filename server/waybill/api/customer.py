@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from sqlmodel import select
 
+from waybill.api import events
 from waybill.api.access import owned_or_404
 from waybill.api.answers import order_json, rendered_orders
 from waybill.api.spec import operation
@@ -70,3 +71,19 @@ def my_order(order_id: int) -> Any:
     db = get_session()
     order = owned_or_404(db, Order, order_id, "order", customer_id=customer.id)
     return jsonify(order_json(order, language=language_of(customer)))
+
+
+@bp.get("/orders/<int:order_id>/events")
+@operation(
+    f"One of the customer's orders: {events.SUMMARY}",
+    responses=events.RESPONSES,
+    security="session",
+    tag="customer",
+    query=events.ORDER_QUERY,
+)
+def my_order_events(order_id: int) -> Any:
+    customer = sessions.require_signed_in()
+    query = events.page_query()
+    db = get_session()
+    order = owned_or_404(db, Order, order_id, "order", customer_id=customer.id)
+    return jsonify(events.events_json(order, query, language=language_of(customer)))

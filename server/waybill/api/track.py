@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from waybill.api import events
 from waybill.api.answers import browser_language, order_json
 from waybill.api.spec import operation
 from waybill.db import get_session
@@ -21,3 +22,16 @@ def track(token: str) -> Any:
     # No one is signed in: the labels speak the browser's first language we have.
     language = browser_language()
     return jsonify(order_json(tracked_order(get_session(), token), language=language))
+
+
+@bp.get("/api/track/<token>/events")
+@operation(
+    f"One order by its tracking token: {events.SUMMARY}",
+    responses=events.RESPONSES,
+    tag="tracking",
+    query=events.ORDER_QUERY,
+)
+def track_events(token: str) -> Any:
+    query = events.page_query()
+    order = tracked_order(get_session(), token)
+    return jsonify(events.events_json(order, query, language=browser_language()))

@@ -64,7 +64,12 @@ class Shipment(SQLModel, table=True):
 
 class TrackingEvent(SQLModel, table=True):
     __tablename__ = "tracking_event"
-    __table_args__ = (sa.UniqueConstraint("order_id", "dedupe_key"),)
+    __table_args__ = (
+        sa.UniqueConstraint("order_id", "dedupe_key"),
+        # one timeline, newest first: the latest events and "is this one the newest?" read
+        # a few index entries, however long the order's history
+        sa.Index("ix_tracking_event_timeline", "order_id", "shipment_id", "occurred_at", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     order_id: int = Field(foreign_key="order.id", index=True)
@@ -152,6 +157,19 @@ class EventPublic(SQLModel):
     description: str | None
 
 
+#: A place in one timeline, as ``events_before`` and ``next_before`` give it: opaque to clients
+#: (16 bytes, base64url). Every string of this shape is a cursor, so none made up is refused.
+EVENT_CURSOR_PATTERN = r"^[A-Za-z0-9_-]{21}[AQgw]$"
+EventCursor = Annotated[str, StringConstraints(pattern=EVENT_CURSOR_PATTERN)]
+
+
+class EventPage(SQLModel):
+    """A page of one timeline's events, oldest first; pages come newest first."""
+
+    events: list[EventPublic]
+    next_before: EventCursor | None  # the cursor to the next (older) page; null at the oldest
+
+
 class ShipmentPublic(SQLModel):
     id: int
     carrier: str
@@ -160,7 +178,10 @@ class ShipmentPublic(SQLModel):
     status: StatusName
     status_label: str
     estimated_delivery: AwareDatetime | None
-    events: list[EventPublic]
+    events: list[EventPublic]  # the latest EVENTS_SHOWN (50), oldest first
+    events_total: int = Field(ge=0)  # how many events this shipment has in all
+    events_before: EventCursor | None  # the cursor to the older ones; null when none left out
+    events_truncated: bool  # true when events_total > len(events)
 
 
 class ItemPublic(SQLModel):
@@ -188,6 +209,9 @@ class OrderPublic(SQLModel):
     packages: PackagesPublic
     shipments: list[ShipmentPublic]
     events: list[EventPublic]  # the order's own events (confirmed, processing, cancelled...)
+    events_total: int = Field(ge=0)  # the order's own events: latest 50 above, this many in all
+    events_before: EventCursor | None  # the cursor to the older ones; null when none left out
+    events_truncated: bool  # true when events_total > len(events)
     estimated_delivery: AwareDatetime | None
     placed_at: AwareDatetime | None
     created_at: AwareDatetime

@@ -1,5 +1,6 @@
 // The order component shared by the tracking page and the signed-in order detail:
 // status header, stepper, estimate, timeline (newest first, viewer's local time), items, carrier.
+import { get } from '../api.js';
 import { h, icon } from '../dom.js';
 import { formatDateTime, formatDay, isToday, statusLabel, t, timeAgo } from '../i18n.js';
 
@@ -34,9 +35,95 @@ function answerLabels(order) {
 /** What the order's status is called (the server's catalogue, else the answer's own label). */
 export const orderLabel = (order) => statusLabel(order.status, order.status_label);
 
-/** Every event of the order and its shipments, newest first. */
-export function timeline(order) {
-  const events = [...(order.events || [])];
+/** How many of a long timeline, and of a long item list, show before "Show all". */
+export const SHOWN_EVENTS = 10;
+export const SHOWN_ITEMS = 5;
+
+/** The order's timelines (its own events, then each shipment's): the events the answer carries
+ * (the latest of each, oldest first), how many there are in all, and the cursor to the older
+ * ones, null when none are left out. */
+export function timelines(order) {
+  const one = (shipmentId, events = [], total, before) => ({
+    shipmentId, events, total: total ?? events.length, before: before ?? null,
+  });
+  return [
+    one(null, order.events, order.events_total, order.events_before),
+    ...(order.shipments || []).map((s) => one(s.id, s.events, s.events_total, s.events_before)),
+  ];
+}
+
+/** How many events the order has in all, the ones the answer leaves out included. */
+export const eventCount = (order) => timelines(order).reduce((n, tl) => n + tl.total, 0);
+
+/** Every older event the answer leaves out, fetched page by page through `path` (the order's
+ * …/events): a Map from each timeline's place (`olderKey`) to its events, oldest first.
+ * Timelines already in `known` (the same cursor and count) are not fetched again. */
+export async function fetchOlder(order, path, known = new Map()) {
+  const found = new Map();
+  await Promise.all(timelines(order).filter((tl) => tl.before).map(async (tl) => {
+    const key = olderKey(tl);
+    if (known.has(key)) { found.set(key, known.get(key)); return; }
+    const events = [];
+    let before = tl.before;
+    while (before) {
+      const query = new URLSearchParams({ before, limit: '100' });
+      if (tl.shipmentId != null) query.set('shipment_id', String(tl.shipmentId));
+      const { data } = await get(`${path}?${query}`);
+      events.unshift(...data.events);
+      before = data.next_before;
+    }
+    found.set(key, events);
+  }));
+  return found;
+}
+
+/** Which older events a timeline leaves out: the same cursor and count, the same events. */
+export const olderKey = (tl) => `${tl.shipmentId ?? 'order'} ${tl.before} ${tl.total}`;
+
+/** `older` (from fetchOlder for `previous`) carried over to `order`, a later state of the same
+ * order, without asking the server: a timeline whose window moved on by newer events gains the
+ * events that left its window. A timeline that changed otherwise (a late event inside it) is
+ * left out, for fetchOlder to fetch again. */
+export function carryOlder(previous, order, older) {
+  const carried = new Map();
+  const was = new Map(timelines(previous).map((tl) => [tl.shipmentId, tl]));
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  for (const tl of timelines(order)) {
+    if (!tl.before) continue;
+    const key = olderKey(tl);
+    if (older.has(key)) { carried.set(key, older.get(key)); continue; }
+    const prev = was.get(tl.shipmentId);
+    const kept = prev && (prev.before ? older.get(olderKey(prev)) : []);
+    if (!kept) continue;
+    // The window now holds the last (length - added) events it held, then the added ones.
+    const added = tl.total - prev.total;
+    const stays = tl.events.length - added;
+    const left = prev.events.length - stays;
+    if (added <= 0 || stays < 0 || left < 0) continue;
+    if (!same(prev.events.slice(left), tl.events.slice(0, stays))) continue;
+    if (kept.length + left + tl.events.length !== tl.total) continue;
+    carried.set(key, [...kept, ...prev.events.slice(0, left)]);
+  }
+  return carried;
+}
+
+/** The older events of `order` that `older` (from fetchOlder) holds, and whether it holds them
+ * for every timeline (a live update may have moved a timeline's cursor on since). */
+export function olderFor(order, older) {
+  const events = [];
+  let complete = true;
+  for (const tl of timelines(order)) {
+    if (!tl.before) continue;
+    const found = older.get(olderKey(tl));
+    if (found) events.push(...found); else complete = false;
+  }
+  return { events, complete };
+}
+
+/** Every event of the order and its shipments that the answer carries (and `older` ones),
+ * newest first. */
+export function timeline(order, older = []) {
+  const events = [...older, ...(order.events || [])];
   for (const s of order.shipments || []) events.push(...s.events);
   return events.sort((a, b) => Date.parse(b.occurred_at) - Date.parse(a.occurred_at));
 }
@@ -73,7 +160,19 @@ function estimate(order) {
   return eta ? t('order.expected', { date: formatDay(eta) }) : t('order.noEstimate');
 }
 
-export function renderOrder(order, { storedAt = null, extra = [] } = {}) {
+/** A "Show all" button under a collapsed list: a real button, saying which list it opens. */
+function showAll(text, controls, onclick) {
+  return h('button', { type: 'button', class: 'more', 'aria-controls': controls, 'aria-expanded': 'false', text, onclick });
+}
+
+/**
+ * The order screen. `older` holds the events the answer leaves out, once fetched (null: the
+ * timeline is collapsed to its latest SHOWN_EVENTS); `onShowAllEvents(button)` fetches them.
+ * `itemsOpen` shows every item, else the first SHOWN_ITEMS and `onShowAllItems(button)`.
+ */
+export function renderOrder(order, {
+  storedAt = null, extra = [], older = null, onShowAllEvents = null, itemsOpen = false, onShowAllItems = null,
+} = {}) {
   const tone = TONE[order.status] || 'info';
   const head = h('section', { class: 'card order-head', 'aria-labelledby': 'order-status' },
     h('p', { class: 'merchant', text: t('order.number', { merchant: order.merchant.name, number: order.external_id }) }),
@@ -87,16 +186,22 @@ export function renderOrder(order, { storedAt = null, extra = [] } = {}) {
     ...extra,
   );
 
-  const events = timeline(order);
+  const events = timeline(order, older || []);
+  const total = eventCount(order);
+  const collapsed = older === null && total > SHOWN_EVENTS;
+  const shown = collapsed ? events.slice(0, SHOWN_EVENTS) : events;
   const history = h('section', { class: 'card', 'aria-labelledby': 'timeline-h' },
     h('h2', { id: 'timeline-h', text: t('order.timeline') }),
-    events.length
-      ? h('ol', { class: 'timeline' }, events.map((e) => h('li', {},
+    shown.length
+      ? h('ol', { class: 'timeline', id: 'timeline-list' }, shown.map((e) => h('li', {},
         h('time', { datetime: e.occurred_at, text: formatDateTime(e.occurred_at) }),
         h('span', { class: 'what', text: statusLabel(e.status, e.status_label) }),
         e.location ? h('span', { class: 'muted', text: ` · ${e.location}` }) : null,
         e.description ? h('p', { class: 'small', text: e.description }) : null)))
-      : h('p', { class: 'muted', text: t('order.noEvents') }));
+      : h('p', { class: 'muted', text: t('order.noEvents') }),
+    collapsed && onShowAllEvents
+      ? showAll(t('order.showAllEvents', { n: total }), 'timeline-list', (ev) => onShowAllEvents(ev.currentTarget))
+      : null);
 
   const side = [];
   if (order.shipments?.length) {
@@ -111,9 +216,14 @@ export function renderOrder(order, { storedAt = null, extra = [] } = {}) {
       })));
   }
   if (order.items?.length) {
+    const fold = !itemsOpen && order.items.length > SHOWN_ITEMS;
+    const items = fold ? order.items.slice(0, SHOWN_ITEMS) : order.items;
     side.push(h('section', { class: 'card', 'aria-labelledby': 'items-h' },
       h('h2', { id: 'items-h', text: t('order.items') }),
-      h('ul', { class: 'items' }, order.items.map((i) => h('li', { text: t('order.item', { quantity: i.quantity, name: i.name }) })))));
+      h('ul', { class: 'items', id: 'item-list' }, items.map((i) => h('li', { text: t('order.item', { quantity: i.quantity, name: i.name }) }))),
+      fold && onShowAllItems
+        ? showAll(t('order.showAllItems', { n: order.items.length }), 'item-list', (ev) => onShowAllItems(ev.currentTarget))
+        : null));
   }
   return h('div', { class: 'order-layout' }, h('div', {}, head, history), h('div', {}, side));
 }

@@ -3,7 +3,9 @@ import { ApiError, get, request } from '../api.js';
 import { h } from '../dom.js';
 import { t } from '../i18n.js';
 import { pushSupported, subscribe } from '../push.js';
-import { orderLabel, renderOrder } from './order-view.js';
+import {
+  SHOWN_EVENTS, SHOWN_ITEMS, carryOlder, fetchOlder, olderFor, orderLabel, renderOrder,
+} from './order-view.js';
 
 function notifyButton(token) {
   const note = h('p', { class: 'small muted', role: 'status' });
@@ -45,17 +47,89 @@ function muteSwitch(orderId) {
   return h('label', { class: 'switch', for: 'mute-order' }, h('span', { text: t('order.mute') }), input);
 }
 
+/** A sentence about `n` things: the key's `.one` form for one, the key itself for more. */
+const counted = (key, n, vars = {}) => t(n === 1 ? `${key}.one` : key, { ...vars, n });
+
 export async function render(app, { token, orderId }) {
   const path = token ? `/api/track/${encodeURIComponent(token)}` : `/api/me/orders/${orderId}`;
   let current = null;
   const alive = app.alive();
   const mute = orderId ? muteSwitch(orderId) : null;
 
+  const eventsPath = `${path}/events`;
+  // What the customer opened on this screen: it stays open across live updates.
+  // older: null while the timeline is collapsed, else its left-out events by timeline.
+  const opened = { older: null, items: false, storedAt: null, fetching: null };
+
+  /** Every older event of `order`, those already at hand reused; null if it could not load. */
+  const loadOlder = (order) => {
+    opened.fetching ||= fetchOlder(order, eventsPath, opened.older || new Map())
+      .finally(() => { opened.fetching = null; });
+    return opened.fetching.catch(() => null);
+  };
+
+  const showAllEvents = async (button) => {
+    button.disabled = true;
+    button.setAttribute('aria-busy', 'true');
+    const older = await loadOlder(current);
+    if (!alive()) return;
+    if (!older) {
+      button.disabled = false;
+      button.removeAttribute('aria-busy');
+      app.announce(t('order.moreFailed'));
+      return;
+    }
+    // Drawn from the order as it is now: a live update may have come in meanwhile.
+    opened.older = older;
+    draw(current, opened.storedAt);
+    const total = app.main.querySelectorAll('#timeline-list > li').length;
+    focusAdded('#timeline-list', SHOWN_EVENTS);
+    app.announce(counted('order.eventsAdded', total - SHOWN_EVENTS, { total }));
+  };
+
+  const showAllItems = () => {
+    opened.items = true;
+    draw(current, opened.storedAt);
+    const total = current.items.length;
+    focusAdded('#item-list', SHOWN_ITEMS);
+    app.announce(counted('order.itemsAdded', total - SHOWN_ITEMS, { total }));
+  };
+
+  /** Focus the first entry the list gained (the button that had focus is gone). */
+  const focusAdded = (list, index) => {
+    const first = app.main.querySelector(`${list} > li:nth-child(${index + 1})`);
+    if (!first) return;
+    first.tabIndex = -1;
+    first.focus();
+  };
+
+  /** The order as it is now; the older events already shown stay shown. */
+  const follow = (order) => {
+    if (opened.older && current) opened.older = carryOlder(current, order, opened.older);
+    current = order;
+  };
+
   const draw = (order, storedAt) => {
+    opened.storedAt = storedAt;
     const extra = token
       ? [notifyButton(token), h('p', { class: 'link-row' }, h('a', { href: '/sign-in', text: t('order.signIn') }))]
       : [mute, h('p', { class: 'link-row' }, h('a', { href: '/', text: t('order.back') }))];
-    app.show(renderOrder(order, { storedAt, extra }));
+    let older = null;
+    if (opened.older) {
+      const held = olderFor(order, opened.older);
+      older = held.events;
+      // A change moved a timeline on past what was fetched: fetch the gap, then show it.
+      if (!held.complete) {
+        loadOlder(order).then((found) => {
+          if (!found || !alive() || order !== current) return;
+          opened.older = found;
+          draw(order, opened.storedAt);
+        });
+      }
+    }
+    app.show(renderOrder(order, {
+      storedAt, extra, older, onShowAllEvents: showAllEvents, itemsOpen: opened.items, onShowAllItems: showAllItems,
+    }));
     document.title = `${orderLabel(order)} · ${order.merchant.name} · Waybill`;
   };
 
@@ -65,7 +139,7 @@ export async function render(app, { token, orderId }) {
       if (!alive()) return;
       // A live update newer than this answer wins: answers can arrive late.
       if (current && (current.cursor || 0) > (data.cursor || 0)) return;
-      current = data;
+      follow(data);
       draw(data, storedAt);
       if (app.live) app.live.seen(data.cursor);
       else startLive();
@@ -83,7 +157,7 @@ export async function render(app, { token, orderId }) {
   const startLive = () => app.startLive(token ? `?track=${encodeURIComponent(token)}` : '', current.cursor, (order) => {
     if (order.id !== current.id) return;
     const changed = order.status !== current.status;
-    current = order;
+    follow(order);
     draw(order, null);
     if (changed) app.announce(t('order.changed', { status: orderLabel(order) }));
   });
