@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import sys
 from typing import Any
 
 import gevent
@@ -52,6 +53,17 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+def cooperative_psycopg() -> bool:
+    """Make psycopg wait on gevent's ``select.poll`` if it chose its C wait before gevent
+    patched this process (the master imports it when it checks the database): that C wait
+    blocks the whole loop for every query. True when it was switched."""
+    waiting = sys.modules.get("psycopg.waiting")
+    if waiting is None or waiting.wait is not getattr(waiting, "wait_c", None):
+        return False
+    waiting.wait = waiting.wait_poll
+    return True
+
+
 class WebSocketWorker(GeventWorker):
     """gunicorn's gevent worker that says goodbye to its sockets on SIGTERM, and watches its
     event loop for anything that blocks it (:mod:`waybill.watchdog`)."""
@@ -59,6 +71,7 @@ class WebSocketWorker(GeventWorker):
     watch: LoopWatch | None = None
 
     def run(self) -> None:
+        cooperative_psycopg()
         settings = getattr(self.wsgi, "config", {}).get("WAYBILL_SETTINGS")
         warn_ms = settings.blocked_loop_warn_ms if settings is not None else 500
         self.watch = LoopWatch(warn_after=warn_ms / 1000).start()

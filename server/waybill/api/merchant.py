@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,11 +11,11 @@ from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import ValidationError
 from sqlmodel import select
 
-from waybill.api.access import MAX_ID, owned_or_404
+from waybill.api.access import owned_or_404
 from waybill.api.answers import order_json, rendered_orders
 from waybill.api.spec import operation, parse_body, without_nul
 from waybill.auth import merchant_keys
-from waybill.db import get_session, touch
+from waybill.db import MAX_ID, get_session, touch
 from waybill.errors import ApiError, not_found, validation_fields
 from waybill.ingest import (
     Conflict,
@@ -251,8 +252,9 @@ def post_shipment_event(shipment_id: int) -> Any:
     return _answer(order, 201 if recorded else 200)
 
 
-#: Events per transaction: a writer holds the database (on SQLite, every writer) this long.
-BATCH_CHUNK = 200
+#: Events per transaction: a writer holds the database (on SQLite, every writer) and, under a
+#: gevent worker, the event loop this long; between chunks the others get their turn.
+BATCH_CHUNK = 50
 _OUTCOME_STATUS = {"recorded": 201, "duplicate": 200, "not_found": 404, "conflict": 409}
 
 
@@ -286,6 +288,7 @@ def post_events() -> Any:
         chunk = valid[start : start + BATCH_CHUNK]
         outcomes = record_events(session=db, merchant=_merchant(), items=[i for _, i in chunk])
         _commit()
+        time.sleep(0)  # under gevent: let the sockets and other requests run between chunks
         for (index, _), done in zip(chunk, outcomes, strict=True):
             status = _OUTCOME_STATUS[done.outcome]
             results[index] = EventBatchResult(
