@@ -119,17 +119,22 @@ def test_simple_websocket_takes_our_reader_keeps_the_socket_and_reads_the_offer_
         client.close()
 
 
+def _accepted(ours: socket.socket, client: socket.socket) -> tuple[Any, Any]:
+    """A socket upgraded by simple-websocket, without compression, and our connection on it."""
+    environ = _upgrade_environ(ours)
+    transport.without_compression(environ)
+    ws = Server(environ, **_server_options())
+    _received(client)
+    owner = SimpleNamespace(
+        lock=threading.RLock(), max_pending=1 << 16, overflows=0, kill_later=lambda *a: None
+    )
+    return ws, transport.Connection(owner, transport.socket_of(ws, send_buffer=1 << 16))
+
+
 def test_frames_are_read_through_simple_websockets_wsproto_connection() -> None:
     ours, client = socket.socketpair()
     try:
-        environ = _upgrade_environ(ours)
-        transport.without_compression(environ)
-        ws = Server(environ, **_server_options())
-        _received(client)
-        owner = SimpleNamespace(
-            lock=threading.RLock(), max_pending=1 << 16, overflows=0, kill_later=lambda *a: None
-        )
-        conn = transport.Connection(owner, transport.socket_of(ws, send_buffer=1 << 16))
+        ws, conn = _accepted(ours, client)
         conn.write(transport.hello_frame(7))
         texts: list[bytes] = []
         reader = threading.Thread(target=transport.read_frames, args=(ws, conn, texts.append))
@@ -243,14 +248,7 @@ def test_gevent_sockets_keep_a_non_blocking_os_socket_to_write_to_without_waitin
 def test_a_ping_and_a_close_in_one_read_end_the_socket_cleanly() -> None:
     ours, client = socket.socketpair()
     try:
-        environ = _upgrade_environ(ours)
-        transport.without_compression(environ)
-        ws = Server(environ, **_server_options())
-        _received(client)
-        owner = SimpleNamespace(
-            lock=threading.RLock(), max_pending=1 << 16, overflows=0, kill_later=lambda *a: None
-        )
-        conn = transport.Connection(owner, transport.socket_of(ws, send_buffer=1 << 16))
+        ws, conn = _accepted(ours, client)
         failures: list[BaseException] = []
 
         def read() -> None:
