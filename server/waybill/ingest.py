@@ -306,8 +306,9 @@ def _record_change(session: Session, order: Order, kind: str, before: str | None
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """What became of one event of a batch: ``recorded``, ``duplicate`` (seen before),
-    ``not_found`` (no such order or shipment of this merchant) or ``conflict``."""
+    """What became of one event of a batch: ``recorded``, ``duplicate`` (seen before, or
+    recorded by a concurrent request meanwhile) or ``not_found`` (no such order or shipment of
+    this merchant)."""
 
     outcome: str
     order: Order | None = None
@@ -382,7 +383,7 @@ def record_events(
                         source=source,
                     )
         except sa.exc.IntegrityError:  # another request recorded the same event meanwhile
-            outcomes.append(BatchOutcome("conflict", order, shipment))
+            outcomes.append(BatchOutcome("duplicate", order, shipment))
             continue
         outcomes.append(BatchOutcome("recorded" if done else "duplicate", order, shipment))
     return outcomes

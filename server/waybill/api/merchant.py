@@ -26,6 +26,7 @@ from waybill.ingest import (
     record_shipment_event,
 )
 from waybill.models import (
+    MAX_BATCH,
     EventBatchBody,
     EventBatchItem,
     EventBatchResult,
@@ -255,7 +256,7 @@ def post_shipment_event(shipment_id: int) -> Any:
 #: Events per transaction: a writer holds the database (on SQLite, every writer) and, under a
 #: gevent worker, the event loop this long; between chunks the others get their turn.
 BATCH_CHUNK = 50
-_OUTCOME_STATUS = {"recorded": 201, "duplicate": 200, "not_found": 404, "conflict": 409}
+_OUTCOME_STATUS = {"recorded": 201, "duplicate": 200, "not_found": 404}
 
 
 @bp.post("/events")
@@ -268,6 +269,8 @@ _OUTCOME_STATUS = {"recorded": 201, "duplicate": 200, "not_found": 404, "conflic
 )
 def post_events() -> Any:
     body = parse_body(EventBatchBody)
+    if len(body.events) > MAX_BATCH:
+        raise ApiError(413, "payload_too_large", f"at most {MAX_BATCH:,} events in one batch")
     results: list[EventBatchResult | None] = [None] * len(body.events)
     valid: list[tuple[int, EventBatchItem]] = []
     for index, raw in enumerate(body.events):
@@ -306,6 +309,4 @@ def post_events() -> Any:
 def _item_error(outcome: str) -> ItemError | None:
     if outcome == "not_found":
         return ItemError(code="not_found", message="no such order or shipment")
-    if outcome == "conflict":
-        return ItemError(code="conflict", message="a concurrent request changed it; retry")
     return None

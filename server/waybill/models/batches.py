@@ -54,7 +54,10 @@ class EventBatchBody(Strict):
     is validated on its own: one that is not valid is answered 422 at its index, and the
     others are recorded."""
 
-    events: list[dict[str, Any]] = Constraint(min_length=1, max_length=MAX_BATCH)
+    # More than MAX_BATCH is a body too large (413), not an invalid one: checked by the route.
+    events: list[dict[str, Any]] = Constraint(
+        min_length=1, json_schema_extra={"maxItems": MAX_BATCH}
+    )
 
 
 class ItemError(SQLModel):
@@ -65,8 +68,7 @@ class ItemError(SQLModel):
 
 class EventBatchResult(SQLModel):
     """``status``: 201 recorded, 200 seen before (nothing changed), 404 no such order or
-    shipment of yours, 409 a concurrent write to the same order (send it again), 422 invalid
-    (``error.fields``)."""
+    shipment of yours, 422 invalid (``error.fields``)."""
 
     index: int
     status: int
