@@ -13,13 +13,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from _procs import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -28,12 +29,6 @@ WAYBILL = Path(sys.executable).with_name("waybill")
 BUDGET = 50 * 1024
 OUT = BENCH / "out"  # the full reports, for a closer look (git-ignored)
 CATEGORIES = ("performance", "accessibility", "best-practices")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def lighthouse_cli() -> Path | None:

@@ -15,13 +15,14 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from _procs import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "server"))
@@ -51,12 +52,6 @@ def keep(best: dict[str, tuple[float, float]], name: str, rate: float, cpu_us: f
     """The best rate and the least CPU seen so far for ``name``."""
     old_rate, old_cpu = best.get(name, (0.0, float("inf")))
     best[name] = (max(old_rate, rate), min(old_cpu, cpu_us))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_push(port: int, delay: float, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
