@@ -319,6 +319,9 @@ def seed(
                     .scalars()
                     .all()
                 )
+                # the case-folded carrier, where the schema keeps one (what the API writes)
+                keyed = "carrier_key" in Shipment.__table__.c
+                carrier_key = {"carrier_key": "dhl"} if keyed else {}
                 shipment_ids = (
                     conn.execute(
                         sa.insert(Shipment).returning(Shipment.id, sort_by_parameter_order=True),
@@ -326,6 +329,7 @@ def seed(
                             {
                                 "order_id": oid,
                                 "carrier": "DHL",
+                                **carrier_key,
                                 "tracking_number": f"JD{i:012d}",
                                 "status": "shipped",
                                 "created_at": now,

@@ -123,14 +123,16 @@ def _lock(session: Session, order: Order, shipment: Shipment | None = None) -> N
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         return
+    locked = select(Order).where(Order.id == order.id)
+    if shipment is not None:  # re-read in the same statement: one round trip, not two
+        locked = (
+            select(Order, Shipment)
+            .join(Shipment, col(Shipment.order_id) == col(Order.id))
+            .where(Order.id == order.id, col(Shipment.id) == shipment.id)
+        )
     session.exec(
-        select(Order)
-        .where(Order.id == order.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+        locked.with_for_update(of=Order).execution_options(populate_existing=True)  # type: ignore[arg-type]
     ).one()
-    if shipment is not None:
-        session.refresh(shipment)
 
 
 def add_shipment(*, session: Session, order: Order, data: ShipmentCreate) -> Shipment:
@@ -166,10 +168,16 @@ def record_order_event(
 
 
 def record_shipment_event(
-    *, session: Session, shipment: Shipment, data: ShipmentEventCreate, source: str = "api"
+    *,
+    session: Session,
+    shipment: Shipment,
+    data: ShipmentEventCreate,
+    order: Order | None = None,
+    source: str = "api",
 ) -> bool:
-    order = session.get(Order, shipment.order_id)
-    assert order is not None
+    """``order``: the shipment's, when the caller has read it already."""
+    order = order or session.get(Order, shipment.order_id)
+    assert order is not None and order.id == shipment.order_id
     return _record(
         session,
         order,
@@ -206,22 +214,32 @@ def _record(
     )
     entry = TimelineEntry(occurred_at, Status(status), key)
     shipment_id = shipment.id if shipment else None
-    # One read answers both questions: was this event seen before, and does it come after
-    # every other event of its timeline (then the fold is one step, not the timeline again)?
+    # One read answers all three questions: was this event seen before, does it come after
+    # every other event of its timeline (then the fold is one step, not the timeline again),
+    # and what do the order's own events say (few: the merchant's, not the carriers' scans)?
     near = session.exec(
-        select(TrackingEvent.dedupe_key, TrackingEvent.occurred_at, TrackingEvent.status).where(
+        select(
+            TrackingEvent.dedupe_key,
+            TrackingEvent.occurred_at,
+            TrackingEvent.status,
+            TrackingEvent.shipment_id,
+        ).where(
             TrackingEvent.order_id == order.id,
             sa.or_(
                 TrackingEvent.dedupe_key == key,
+                col(TrackingEvent.shipment_id).is_(None),
                 sa.and_(_in_timeline(shipment_id), TrackingEvent.occurred_at >= occurred_at),  # type: ignore[operator]
             ),
         )
     ).all()
-    if any(k == key for k, _, _ in near):
+    if any(k == key for k, _, _, _ in near):
         return False
     comes_last = all(
-        sort_key(TimelineEntry(at, Status(st), k)) < sort_key(entry) for k, at, st in near
+        sort_key(TimelineEntry(at, Status(st), k)) < sort_key(entry)
+        for k, at, st, sid in near
+        if sid == shipment_id and at >= occurred_at
     )
+    own = [TimelineEntry(at, Status(st), k) for k, at, st, sid in near if sid is None]
     session.add(
         TrackingEvent(
             order_id=order.id,  # type: ignore[arg-type]
@@ -235,8 +253,9 @@ def _record(
             dedupe_key=key,
         )
     )
-    session.flush()
-    if shipment is not None:
+    if shipment is None:
+        own.append(entry)
+    else:
         folded = (
             step(Status(shipment.status), entry.status)
             if comes_last
@@ -246,7 +265,7 @@ def _record(
         if shipment.status != folded:
             shipment.status = folded
             session.add(shipment)
-    _recompute(session, order, "event.recorded")
+    _recompute(session, order, "event.recorded", own=own)
     return True
 
 
@@ -266,11 +285,15 @@ def _timeline(session: Session, order: Order, shipment_id: int | None) -> list[T
     return [TimelineEntry(at, Status(st), key) for at, st, key in rows]
 
 
-def _recompute(session: Session, order: Order, kind: str) -> None:
-    """The order's status from its own timeline and its shipments' statuses (each kept
-    current as its events arrive); log the change."""
+def _recompute(
+    session: Session, order: Order, kind: str, *, own: list[TimelineEntry] | None = None
+) -> None:
+    """The order's status from its own timeline (``own``, when the caller has read it) and
+    its shipments' statuses (each kept current as its events arrive); log the change."""
     shipments = list(session.exec(select(Shipment).where(Shipment.order_id == order.id)))
-    base = fold(_timeline(session, order, None), start=Status.CONFIRMED)
+    if own is None:
+        own = _timeline(session, order, None)
+    base = fold(own, start=Status.CONFIRMED)
     before = order.status
     order.status = order_status(base or Status.CONFIRMED, [Status(s.status) for s in shipments])
     order.estimated_delivery = order_estimate(
@@ -372,6 +395,7 @@ def record_events(
                     done = record_shipment_event(
                         session=session,
                         shipment=shipment,
+                        order=order,
                         data=ShipmentEventCreate(**item.model_dump(include=_SHIPMENT_EVENT)),
                         source=source,
                     )

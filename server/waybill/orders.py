@@ -15,7 +15,7 @@ import struct
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -43,6 +43,8 @@ from waybill.models import (
 )
 from waybill.models.orders import EVENT_CURSOR_PATTERN, EventPage
 from waybill.tracking.statuses import Status
+
+T = TypeVar("T")
 
 #: The latest events of each timeline every order answer and socket frame carries.
 EVENTS_SHOWN = 50
@@ -131,12 +133,7 @@ _EVENT_COLUMNS = (
 _NEWEST_FIRST = (col(TrackingEvent.occurred_at).desc(), col(TrackingEvent.id).desc())
 
 
-def _latest_events(
-    session: Session, order_ids: Sequence[int | None]
-) -> tuple[dict[tuple[int, int | None], list[Any]], dict[tuple[int, int | None], int]]:
-    """The latest ``EVENTS_SHOWN`` events of every timeline of these orders (oldest first),
-    and how many each timeline has: one query, whatever the orders' histories hold. Only the
-    rows shown leave the database (a window function ranks them there)."""
+def _ranked_events() -> sa.Select[Any]:
     timeline = (col(TrackingEvent.order_id), col(TrackingEvent.shipment_id))
     ranked = (
         sa.select(
@@ -144,14 +141,27 @@ def _latest_events(
             sa.func.row_number().over(partition_by=timeline, order_by=_NEWEST_FIRST).label("rank"),
             sa.func.count().over(partition_by=timeline).label("total"),
         )
-        .where(col(TrackingEvent.order_id).in_(order_ids))
+        .where(col(TrackingEvent.order_id).in_(sa.bindparam("order_ids", expanding=True)))
         .subquery("ranked")
     )
-    rows = session.exec(
+    return (
         sa.select(ranked)
         .where(ranked.c.rank <= EVENTS_SHOWN)
         .order_by(ranked.c.occurred_at, ranked.c.id)
     )
+
+
+#: Built once: the statement and its cache key are the same for every page of orders.
+_LATEST_EVENTS = _ranked_events()
+
+
+def _latest_events(
+    session: Session, order_ids: Sequence[int | None]
+) -> tuple[dict[tuple[int, int | None], list[Any]], dict[tuple[int, int | None], int]]:
+    """The latest ``EVENTS_SHOWN`` events of every timeline of these orders (oldest first),
+    and how many each timeline has: one query, whatever the orders' histories hold. Only the
+    rows shown leave the database (a window function ranks them there)."""
+    rows = session.connection().execute(_LATEST_EVENTS, {"order_ids": list(order_ids)})
     events: dict[tuple[int, int | None], list[Any]] = defaultdict(list)
     totals: dict[tuple[int, int | None], int] = {}
     for row in rows:
@@ -159,6 +169,21 @@ def _latest_events(
         events[key].append(row)
         totals[key] = row.total
     return events, totals
+
+
+def _by_id(session: Session, model: type[T], ids: set[Any]) -> dict[Any, T]:
+    """Rows by primary key: those the session holds already cost no query, the rest one."""
+    found: dict[Any, T] = {}
+    for row_id in ids:
+        row = session.identity_map.get(session.identity_key(model, row_id))
+        if row is not None:
+            found[row_id] = row  # type: ignore[assignment]
+    missing = ids - found.keys()
+    if missing:
+        pk = sa.inspect(model).primary_key[0]
+        for row in session.exec(select(model).where(pk.in_(missing))):
+            found[sa.inspect(row).identity[0]] = row
+    return found
 
 
 def _timeline_fields(rows: list[Any], total: int, language: str) -> dict[str, Any]:
@@ -197,20 +222,8 @@ def render_orders(
             .group_by(Change.order_id)
         ).all()
     )
-    merchants = {
-        m.id: m
-        for m in session.exec(
-            select(Merchant).where(Merchant.id.in_({o.merchant_id for o in orders}))  # type: ignore[attr-defined]
-        )
-    }
-    customers: dict[int, Customer] = {}
-    if merchant_view:
-        customers = {
-            c.id: c  # type: ignore[misc]
-            for c in session.exec(
-                select(Customer).where(Customer.id.in_({o.customer_id for o in orders}))  # type: ignore[union-attr]
-            )
-        }
+    merchants = _by_id(session, Merchant, {o.merchant_id for o in orders})
+    customers = _by_id(session, Customer, {o.customer_id for o in orders}) if merchant_view else {}
     out: list[OrderPublic] = []
     for order in orders:
         ships = shipments[order.id]  # type: ignore[index]

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import ValidationError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from waybill.api.access import owned_or_404
 from waybill.api.answers import order_json, rendered_orders
@@ -73,8 +73,36 @@ def _order(order_id: int) -> Order:
     return owned_or_404(get_session(), Order, order_id, "order", merchant_id=_merchant().id)
 
 
+def _shipment_and_order(shipment_id: int) -> tuple[Shipment, Order]:
+    """One of this merchant's shipments and its order, in one read. Another merchant's
+    shipment answers exactly as a missing one: ids reveal nothing."""
+    found = (
+        get_session()
+        .exec(
+            select(Shipment, Order)
+            .join(Order, col(Order.id) == col(Shipment.order_id))
+            .where(col(Shipment.id) == shipment_id, Order.merchant_id == _merchant().id)
+        )
+        .first()
+        if 0 < shipment_id <= MAX_ID
+        else None
+    )
+    if found is None:
+        raise not_found("shipment")
+    return found[0], found[1]
+
+
 def _answer(order: Order, status: int) -> Any:
     return jsonify(order_json(order, merchant_view=True)), status
+
+
+def _commit_answering(order: Order, status: int) -> Any:
+    """Commit, answering with the order as committed. It is rendered inside the transaction,
+    from the rows the write just read: after the commit it would take a transaction (on
+    SQLite the write lock) of its own to read them again."""
+    body = order_json(order, merchant_view=True)
+    _commit()
+    return jsonify(body), status
 
 
 def _commit() -> None:
@@ -115,8 +143,7 @@ def post_order() -> Any:
             "an order with this external_id exists with a different body",
             {"external_id": "already used for another order"},
         ) from None
-    _commit()
-    return _answer(order, 201 if created else 200)
+    return _commit_answering(order, 201 if created else 200)
 
 
 @bp.get("/orders/<int:order_id>")
@@ -208,8 +235,7 @@ def post_order_event(order_id: int) -> Any:
     order = _order(order_id)
     data = parse_body(OrderEventCreate)
     recorded = record_order_event(session=get_session(), order=order, data=data)
-    _commit()
-    return _answer(order, 201 if recorded else 200)
+    return _commit_answering(order, 201 if recorded else 200)
 
 
 @bp.post("/orders/<int:order_id>/shipments")
@@ -242,15 +268,10 @@ def post_shipment(order_id: int) -> Any:
 )
 def post_shipment_event(shipment_id: int) -> Any:
     db = get_session()
-    shipment = owned_or_404(db, Shipment, shipment_id, "shipment")
-    order = db.get(Order, shipment.order_id)
-    # Another merchant's shipment answers exactly as a missing one: ids reveal nothing.
-    if order is None or order.merchant_id != _merchant().id:
-        raise not_found("shipment")
+    shipment, order = _shipment_and_order(shipment_id)
     data = parse_body(ShipmentEventCreate)
-    recorded = record_shipment_event(session=db, shipment=shipment, data=data)
-    _commit()
-    return _answer(order, 201 if recorded else 200)
+    recorded = record_shipment_event(session=db, shipment=shipment, order=order, data=data)
+    return _commit_answering(order, 201 if recorded else 200)
 
 
 #: Events per transaction: a writer holds the database (on SQLite, every writer) and, under a

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from waybill.auth.tokens import digest, new_token
 from waybill.models import ApiKey, Merchant, utcnow
@@ -38,14 +38,19 @@ def authenticate(
     minute) in a transaction of its own; without it the session's transaction does."""
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None
-    api_key = session.exec(select(ApiKey).where(ApiKey.key_hash == digest(key))).first()
-    if api_key is None or api_key.revoked_at is not None:
+    found = session.exec(
+        select(ApiKey, Merchant)
+        .join(Merchant, col(Merchant.id) == col(ApiKey.merchant_id))
+        .where(ApiKey.key_hash == digest(key))
+    ).first()
+    if found is None or found[0].revoked_at is not None:
         return None
+    api_key, merchant = found
     now = utcnow()
     if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_RESOLUTION:
         stmt = sa.update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now)
         (touch or session.exec)(stmt)  # type: ignore[operator]
-    return session.get(Merchant, api_key.merchant_id)
+    return merchant
 
 
 def list_keys(*, session: Session, merchant_id: str) -> list[ApiKey]:

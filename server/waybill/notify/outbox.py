@@ -79,11 +79,17 @@ def enqueue_change(
     if change.status_before == change.status_after:
         return 0  # a second in_transit scan updates the timeline, not the phone
     now = now or utcnow()
-    muted = is_muted(session, order.id)  # type: ignore[arg-type]
-    info = preferences.ChangeInfo(order.id, change.status_after, change.status_before, muted)
+    # The customer and whether they muted this order, in one read.
+    customer, mute = session.exec(
+        select(Customer, OrderMute)
+        .outerjoin(OrderMute, col(OrderMute.order_id) == order.id)
+        .where(col(Customer.id) == order.customer_id)
+    ).first() or (None, None)
+    info = preferences.ChangeInfo(
+        order.id, change.status_after, change.status_before, mute is not None
+    )
     rows: list[OutboxMessage] = []
 
-    customer = session.get(Customer, order.customer_id)
     # The customer's devices and the order's followers, in one read.
     scopes = in_scopes(session, [customer_scope(order.customer_id), order_scope(order.id)])  # type: ignore[arg-type]
     # A browser the customer turned push on in hears this order by the customer's own
@@ -149,6 +155,37 @@ def _row(
     )
 
 
+def _superseding(waiting: sa.ColumnElement[bool]) -> sa.Update:
+    return (
+        sa.update(OutboxMessage)
+        .where(
+            col(OutboxMessage.order_id) == sa.bindparam("of_order"),
+            col(OutboxMessage.destination).in_(sa.bindparam("to", expanding=True)),
+            col(OutboxMessage.change_id) < sa.bindparam("before_change"),
+            col(OutboxMessage.state) == "pending",
+            waiting,
+        )
+        .values(
+            state="superseded",
+            done_at=sa.bindparam("at"),
+            lease_until=None,
+            last_error="a newer status",
+        )
+    )
+
+
+#: Built once (every change runs one): no statement to build nor cache key to compute each
+#: time, and no ORM bookkeeping — no session holds the rows it touches in a state that matters
+#: (``enqueue_change`` writes rows of newer changes; ``claim`` reads ids, not rows).
+_SUPERSEDE_WAITING = _superseding(
+    sa.or_(
+        col(OutboxMessage.lease_until).is_(None),
+        col(OutboxMessage.lease_until) < sa.bindparam("at"),
+    )
+)
+_SUPERSEDE_IN_BATCH = _superseding(col(OutboxMessage.lease_owner) == sa.bindparam("leased_to"))
+
+
 def supersede_older(
     session: Session,
     *,
@@ -166,23 +203,16 @@ def supersede_older(
     ``batch``: only the rows leased to that claim (two of one batch would race to the phone);
     the rows another worker holds are never touched, or two claims could wait on each other.
     """
+    params: dict[str, object] = {
+        "of_order": order_id,
+        "to": list(destinations),
+        "before_change": change_id,
+        "at": now,
+    }
     if batch is None:
-        waiting = sa.or_(
-            col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now
-        )
+        session.connection().execute(_SUPERSEDE_WAITING, params)
     else:
-        waiting = col(OutboxMessage.lease_owner) == batch
-    session.exec(  # type: ignore[call-overload]
-        sa.update(OutboxMessage)
-        .where(
-            col(OutboxMessage.order_id) == order_id,
-            col(OutboxMessage.destination).in_(destinations),
-            col(OutboxMessage.change_id) < change_id,
-            col(OutboxMessage.state) == "pending",
-            waiting,
-        )
-        .values(state="superseded", done_at=now, lease_until=None, last_error="a newer status")
-    )
+        session.connection().execute(_SUPERSEDE_IN_BATCH, {**params, "leased_to": batch})
 
 
 def reevaluate(session: Session, customer: Customer, *, now: datetime | None = None) -> int:
