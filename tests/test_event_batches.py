@@ -42,6 +42,18 @@ def test_a_batch_records_each_event_and_answers_for_each(merchant: MerchantActio
     assert [s["status"] for s in got["shipments"]] == ["delivered", "delivered"]
 
 
+def test_a_batch_finds_the_shipment_by_carrier_in_any_case(merchant: MerchantActions) -> None:
+    order = merchant.create_order()
+    shipment = merchant.add_shipment(order["id"], carrier="DHL", tracking_number="JD0002")
+    event = {"tracking_number": "JD0002", "status": "in_transit", "occurred_at": AT.format(8)}
+    r = merchant.post("/events", {"events": [{**event, "carrier": "dhl"}]})
+    assert r.status_code == 200, r.get_json()
+    [result] = r.get_json()["results"]
+    assert (result["status"], result["shipment_id"]) == (201, shipment["id"])
+    got = merchant.get(f"/orders/{order['id']}").get_json()
+    assert [s["status"] for s in got["shipments"]] == ["in_transit"]
+
+
 def test_a_bad_or_foreign_event_fails_alone_and_leaves_nothing(
     app: Flask, client: FlaskClient, merchant: MerchantActions
 ) -> None:

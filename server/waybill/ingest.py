@@ -136,7 +136,30 @@ def _lock(session: Session, order: Order, shipment: Shipment | None = None) -> N
 
 
 def add_shipment(*, session: Session, order: Order, data: ShipmentCreate) -> Shipment:
+    """The order's shipment with this carrier and number: added, or the one added before
+    (see :func:`upsert_shipment`)."""
+    return upsert_shipment(session=session, order=order, data=data)[0]
+
+
+class NumberTaken(Exception):
+    """Another shipment of the merchant has this carrier (any case) and tracking number."""
+
+    def __init__(self, shipment: Shipment) -> None:
+        super().__init__(f"shipment {shipment.id} of order {shipment.order_id}")
+        self.shipment = shipment
+
+
+def upsert_shipment(
+    *, session: Session, order: Order, data: ShipmentCreate
+) -> tuple[Shipment, bool]:
+    """Add the shipment, and True; or, when the order has one with this carrier (any case)
+    and tracking number (a retried request), that one, and False: its status and events as
+    they were, its service and estimate changed where ``data`` sends them, its carrier
+    spelled as first sent. Raises :class:`NumberTaken` when another order has the parcel."""
     _lock(session, order)
+    held = _held_number(session, order, data.carrier, data.tracking_number)
+    if held is not None:
+        return _sent_again(session, order, held, data)
     shipment = Shipment(
         order_id=order.id,  # type: ignore[arg-type]
         carrier=data.carrier,
@@ -145,10 +168,79 @@ def add_shipment(*, session: Session, order: Order, data: ShipmentCreate) -> Shi
         estimated_delivery=data.estimated_delivery,
         status=Status.SHIPPED,
     )
-    session.add(shipment)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(shipment)
+            session.flush()
+    except sa.exc.IntegrityError:  # added meanwhile by a writer that took neither lock
+        held = _held_number(session, order, data.carrier, data.tracking_number)
+        if held is None:
+            raise
+        return _sent_again(session, order, held, data)
     _recompute(session, order, "shipment.added")
-    return shipment
+    return shipment, True
+
+
+def _sent_again(
+    session: Session, order: Order, held: Shipment, data: ShipmentCreate
+) -> tuple[Shipment, bool]:
+    if held.order_id != order.id:
+        raise NumberTaken(held)
+    given = data.model_dump(include={"service", "estimated_delivery"}, exclude_unset=True)
+    _revise(session, order, held, given)
+    return held, False
+
+
+def update_shipment(*, session: Session, shipment: Shipment, changes: dict[str, Any]) -> bool:
+    """Set what ``changes`` names (``carrier``, ``service``, ``estimated_delivery``, already
+    validated) as one change the order's viewers see; False when nothing differed. Raises
+    :class:`NumberTaken` when the new carrier would make it another shipment of the merchant
+    (same tracking number)."""
+    order = session.get(Order, shipment.order_id)
+    assert order is not None
+    _lock(session, order, shipment)
+    carrier = changes.get("carrier")
+    if carrier is not None and Shipment.carrier_key_of(carrier) != shipment.carrier_key:
+        taken = _held_number(session, order, carrier, shipment.tracking_number)
+        if taken is not None:
+            raise NumberTaken(taken)
+    return _revise(session, order, shipment, changes)
+
+
+def _held_number(
+    session: Session, order: Order, carrier: str, tracking_number: str
+) -> Shipment | None:
+    """The merchant's shipment with this carrier (any case) and tracking number, this order's
+    first. On PostgreSQL the number stays held until the transaction ends (an advisory lock),
+    so that no other order of the merchant adds it meanwhile; SQLite's writers take turns."""
+    key = Shipment.carrier_key_of(carrier)
+    if session.get_bind().dialect.name == "postgresql":
+        name = f"shipment:{order.merchant_id}:{key}:{tracking_number}".encode()
+        lock_id = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+        session.connection().execute(sa.select(sa.func.pg_advisory_xact_lock(lock_id)))
+    found = session.exec(
+        select(Shipment)
+        .join(Order, col(Order.id) == col(Shipment.order_id))
+        .where(
+            Shipment.tracking_number == tracking_number,
+            Shipment.carrier_key == key,
+            Order.merchant_id == order.merchant_id,
+        )
+        .order_by(col(Shipment.id))
+    ).all()
+    return next((s for s in found if s.order_id == order.id), found[0] if found else None)
+
+
+def _revise(session: Session, order: Order, shipment: Shipment, changes: dict[str, Any]) -> bool:
+    """Apply the changes that differ from what the shipment says; log them as one change."""
+    different = {k: v for k, v in changes.items() if getattr(shipment, k) != v}
+    if not different:
+        return False
+    for name, value in different.items():
+        setattr(shipment, name, value)
+    session.add(shipment)
+    _recompute(session, order, "shipment.updated")
+    return True
 
 
 def record_order_event(
@@ -356,7 +448,11 @@ def record_events(
     by_id: dict[int, tuple[Shipment, Order]] = {}
     by_number: dict[tuple[str, str], tuple[Shipment, Order]] = {}
     ids = {i.shipment_id for i in items if i.shipment_id}
-    numbers = {(i.carrier, i.tracking_number) for i in items if i.carrier and i.tracking_number}
+    numbers = {
+        (Shipment.carrier_key_of(i.carrier), i.tracking_number)
+        for i in items
+        if i.carrier and i.tracking_number
+    }
     if ids:
         for shipment, order in session.exec(
             select(Shipment, Order)
@@ -369,18 +465,18 @@ def record_events(
             select(Shipment, Order)
             .join(Order, col(Order.id) == col(Shipment.order_id))
             .where(
-                sa.tuple_(col(Shipment.carrier), col(Shipment.tracking_number)).in_(numbers),
+                sa.tuple_(col(Shipment.carrier_key), col(Shipment.tracking_number)).in_(numbers),
                 Order.merchant_id == merchant.id,
             )
             .order_by(col(Shipment.id))
         ):
-            by_number[(shipment.carrier, shipment.tracking_number)] = (shipment, order)  # newest
+            by_number[(shipment.carrier_key, shipment.tracking_number)] = (shipment, order)
     outcomes: list[BatchOutcome] = []
     for item in items:
         target = (
             by_id.get(item.shipment_id)
             if item.shipment_id
-            else by_number.get((item.carrier, item.tracking_number))  # type: ignore[arg-type]
+            else by_number.get((Shipment.carrier_key_of(item.carrier), item.tracking_number))  # type: ignore[arg-type]
             if item.carrier
             else None
         )

@@ -19,11 +19,13 @@ from waybill.db import MAX_ID, get_session, touch
 from waybill.errors import ApiError, not_found, validation_fields
 from waybill.ingest import (
     Conflict,
-    add_shipment,
+    NumberTaken,
     create_order,
     record_events,
     record_order_event,
     record_shipment_event,
+    update_shipment,
+    upsert_shipment,
 )
 from waybill.models import (
     MAX_BATCH,
@@ -42,6 +44,7 @@ from waybill.models import (
     ShipmentCreate,
     ShipmentCreated,
     ShipmentEventCreate,
+    ShipmentUpdate,
 )
 from waybill.tracking.statuses import ALL_STATUSES
 
@@ -240,22 +243,58 @@ def post_order_event(order_id: int) -> Any:
 
 @bp.post("/orders/<int:order_id>/shipments")
 @operation(
-    "Add a shipment to the order",
+    "Add a shipment to the order (idempotent by carrier, any case, and tracking number)",
     body=ShipmentCreate,
-    responses={201: ShipmentCreated},
+    responses={201: ShipmentCreated, 200: ShipmentCreated, 409: None},
     security="merchant",
     tag="merchant",
 )
 def post_shipment(order_id: int) -> Any:
     order = _order(order_id)
     data = parse_body(ShipmentCreate)
-    db = get_session()
-    shipment = add_shipment(session=db, order=order, data=data)
-    _commit()
+    try:
+        shipment, created = upsert_shipment(session=get_session(), order=order, data=data)
+    except NumberTaken as exc:
+        raise _number_taken(exc, "tracking_number") from None
+    return _commit_answering_shipment(order, shipment, 201 if created else 200)
+
+
+@bp.patch("/shipments/<int:shipment_id>")
+@operation(
+    "Change a shipment's carrier, service or estimate (the fields sent)",
+    body=ShipmentUpdate,
+    responses={200: ShipmentCreated, 409: None},
+    security="merchant",
+    tag="merchant",
+)
+def patch_shipment(shipment_id: int) -> Any:
+    shipment, order = _shipment_and_order(shipment_id)
+    data = parse_body(ShipmentUpdate)
+    changes = data.model_dump(exclude_unset=True)
+    try:
+        update_shipment(session=get_session(), shipment=shipment, changes=changes)
+    except NumberTaken as exc:
+        raise _number_taken(exc, "carrier") from None
+    return _commit_answering_shipment(order, shipment, 200)
+
+
+def _number_taken(exc: NumberTaken, field: str) -> ApiError:
+    other = exc.shipment
+    return ApiError(
+        409,
+        "conflict",
+        f"shipment {other.id} of order {other.order_id} has this carrier and tracking number",
+        {field: f"already shipment {other.id} of order {other.order_id}"},
+    )
+
+
+def _commit_answering_shipment(order: Order, shipment: Shipment, status: int) -> Any:
+    """Commit, answering with the shipment as committed (rendered first, as
+    :func:`_commit_answering` does the order)."""
     body = next(s for s in rendered_orders([order])[0].shipments if s.id == shipment.id)
-    return jsonify(
-        ShipmentCreated(**body.model_dump(), order_id=order.id).model_dump(mode="json")
-    ), 201
+    answer = ShipmentCreated(**body.model_dump(), order_id=order.id).model_dump(mode="json")
+    _commit()
+    return jsonify(answer), status
 
 
 @bp.post("/shipments/<int:shipment_id>/events")

@@ -45,6 +45,7 @@ from waybill.models.orders import (
     ShipmentCreated,
     ShipmentEventCreate,
     ShipmentPublic,
+    ShipmentUpdate,
     TrackingEvent,
 )
 from waybill.models.types import (
@@ -96,6 +97,7 @@ __all__ = [
     "Shipment",
     "ShipmentCreate",
     "ShipmentCreated",
+    "ShipmentUpdate",
     "ShipmentEventCreate",
     "ShipmentPublic",
     "SignedIn",

@@ -52,14 +52,37 @@ class Order(SQLModel, table=True):
 
 
 class Shipment(SQLModel, table=True):
+    __table_args__ = (
+        # One parcel per carrier and number in an order: a retried POST finds it, and two at
+        # once cannot both insert. Led by the number, it also finds the parcel in any order.
+        sa.Index("uq_shipment_number", "tracking_number", "carrier_key", "order_id", unique=True),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     order_id: int = Field(foreign_key="order.id", index=True)
     carrier: str = Field(max_length=100)
+    # carrier_key_of(carrier), set on every write (casefolding can lengthen a name threefold)
+    carrier_key: str = Field(max_length=300)
     tracking_number: str = Field(max_length=100)
     service: str | None = Field(default=None, max_length=100)
     status: str = Field(default="shipped", max_length=32)
     estimated_delivery: datetime | None = ts(nullable=True)
     created_at: datetime = created()
+
+    @staticmethod
+    def carrier_key_of(carrier: str) -> str:
+        """What makes two spellings of a carrier one carrier: "DHL", "dhl" and "Dhl" are one."""
+        return carrier.casefold()
+
+
+@sa.event.listens_for(Shipment, "before_insert")
+@sa.event.listens_for(Shipment, "before_update")
+def _keep_carrier_key(mapper: Any, connection: Any, shipment: Shipment) -> None:
+    """The key never falls out of step with the name, whoever writes the row: the unique
+    index over it is what keeps a retried shipment from becoming a second parcel."""
+    key = Shipment.carrier_key_of(shipment.carrier)
+    if shipment.carrier_key != key:
+        shipment.carrier_key = key
 
 
 class TrackingEvent(SQLModel, table=True):
@@ -132,6 +155,16 @@ class ShipmentCreate(Strict):
     tracking_number: Annotated[
         str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9 ._/-]{1,100}$")
     ]
+    service: Text100 | None = None
+    estimated_delivery: Instant | None = None
+
+
+class ShipmentUpdate(Strict):
+    """What changes of a shipment: the fields sent, and only those. ``null`` removes the
+    estimate or the service; the carrier can be respelled or corrected, never removed, and
+    the tracking number never changes (a new number is a new shipment)."""
+
+    carrier: Text100 = None  # type: ignore[assignment]  # left out: kept; null: refused
     service: Text100 | None = None
     estimated_delivery: Instant | None = None
 
