@@ -141,4 +141,12 @@ def run(settings: Settings, *, host: str, port: int, workers: int | None) -> Non
         f"worker{'s' if count > 1 else ''}, up to {connections} connections each)",
         flush=True,
     )
+    if not settings.smtp_url:
+        # Where mail goes is the first thing a newcomer needs: the sign-in code is in it.
+        print(
+            "No WAYBILL_SMTP_URL: mail is not sent but written below, on standard error "
+            "(sign-in codes and links included)",
+            file=sys.stderr,
+            flush=True,
+        )
     Server(settings, options(host=host, port=port, workers=count, connections=connections)).run()

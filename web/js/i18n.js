@@ -50,6 +50,18 @@ export function saveLanguage(code) {
   return setLanguage(code);
 }
 
+/** The signed-in customer's own language (`locale` of /api/me: saved in settings on any
+ * device, else the one their orders came with) wins over this browser's: remembered here and
+ * put in use. True when the app now speaks another language (the caller redraws). */
+export async function followCustomer(customer) {
+  const code = String(customer?.locale || '').slice(0, 2).toLowerCase();
+  if (!(code in LANGUAGES)) return false;
+  localStorage.setItem('waybill.lang', code);
+  if (code === lang) return false;
+  await setLanguage(code);
+  return true;
+}
+
 export const language = () => lang;
 
 export function t(key, vars = {}) {
@@ -68,6 +80,16 @@ export const statusList = () => [...statuses.values()];
 
 export function formatDateTime(iso) {
   return new Intl.DateTimeFormat(lang, { dateStyle: 'medium', timeStyle: 'short' }).format(new Date(iso));
+}
+
+/** "22:00" (German) or "10:00 PM" (English): a wall-clock time "HH:MM" as the language in use
+ * writes it, whatever the browser's own locale would. */
+export function formatClock(hhmm) {
+  const [hours, minutes] = hhmm.split(':').map(Number);
+  const twentyFour = new Intl.DateTimeFormat(lang, { hour: 'numeric' }).resolvedOptions().hourCycle !== 'h12';
+  // A 24-hour clock pads its hours ("07:45"), a 12-hour one does not ("7:45 AM").
+  return new Intl.DateTimeFormat(lang, { hour: twentyFour ? '2-digit' : 'numeric', minute: '2-digit', timeZone: 'UTC' })
+    .format(Date.UTC(2000, 0, 1, hours, minutes));
 }
 
 export function formatDay(iso) {

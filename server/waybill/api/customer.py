@@ -14,7 +14,7 @@ from waybill.api.spec import operation
 from waybill.auth import sessions
 from waybill.db import get_session
 from waybill.models import Me, Order, OrderList, OrderPublic
-from waybill.orders import language_of
+from waybill.orders import language_of, saved_language
 
 bp = Blueprint("customer_api", __name__, url_prefix="/api/me")
 
@@ -34,8 +34,9 @@ def me() -> Any:
             email=customer.email,
             name=customer.name,
             csrf_token=auth.csrf_token,
-            locale=customer.locale,
-            timezone=customer.timezone,
+            # what they chose in settings wins over what their first order came with
+            locale=saved_language(customer),
+            timezone=(customer.preferences or {}).get("timezone") or customer.timezone,
         ).model_dump(mode="json")
     )
 

@@ -77,6 +77,9 @@ def put_preferences() -> Any:
     except preferences.InvalidPreferences as exc:
         raise ApiError(422, "invalid", "some preferences are not valid", exc.fields) from None
     db = get_session()
+    # The choice is the customer's language and zone from now on, on every device: /api/me
+    # (which a new device starts from) says them, not those the first order came with.
+    customer.locale, customer.timezone = prefs.language, prefs.timezone
     outbox.save_preferences(db, customer, prefs)
     db.commit()
     # held notifications the change lets out go now, not at the worker's next poll

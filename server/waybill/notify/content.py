@@ -54,6 +54,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "delivered": "Enjoy your order from {merchant}.",
         "attempted": "{merchant}: the carrier will try again or leave a note.",
         "pickup": "{merchant}: collect it with your ID.",
+        "cancelled": "{merchant} has cancelled this order.",
         "track": "Track your order",
         "why": "You get this email because you follow this order on Waybill.",
         "unsubscribe": "Stop these emails",
@@ -67,6 +68,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "delivered": "Viel Freude mit deiner Bestellung von {merchant}.",
         "attempted": "{merchant}: Der Zusteller versucht es erneut.",
         "pickup": "{merchant}: Bitte mit Ausweis abholen.",
+        "cancelled": "{merchant} hat diese Bestellung storniert.",
         "track": "Sendung verfolgen",
         "why": "Du erhältst diese E-Mail, weil du diese Bestellung bei Waybill verfolgst.",
         "unsubscribe": "Diese E-Mails abbestellen",
@@ -88,6 +90,9 @@ class OrderFacts:
     status: str
     url: str
     estimated_delivery: datetime | None = None
+    #: What the carrier or the shop wrote with the event ("Recipient not at home…", the reason
+    #: for a cancellation), in their words.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class Message:
     title: str
     body: str
     lang: str = "en"
+    note: str = ""  # the event's own words, shown as they came
 
 
 def _lang(language: str) -> str:
@@ -126,12 +132,14 @@ def message(facts: OrderFacts, *, language: str, now: datetime, timezone: str = 
         body = t["attempted"].format(merchant=facts.merchant)
     elif facts.status == "available_for_pickup":
         body = t["pickup"].format(merchant=facts.merchant)
+    elif facts.status == "cancelled":
+        body = t["cancelled"].format(merchant=facts.merchant)
     else:
         body = t["from"].format(merchant=facts.merchant)
         active = facts.status in ("shipped", "in_transit", "out_for_delivery", "exception")
         if facts.estimated_delivery and active:
             body += " — " + estimate_phrase(facts.estimated_delivery, now, lang, timezone)
-    return Message(title=title, body=body, lang=lang)
+    return Message(title=title, body=body, lang=lang, note=(facts.note or "").strip())
 
 
 def push_payload(facts: OrderFacts, msg: Message) -> bytes:
@@ -155,16 +163,19 @@ def push_payload(facts: OrderFacts, msg: Message) -> bytes:
 def email_parts(
     facts: OrderFacts, msg: Message, *, language: str, unsubscribe_url: str
 ) -> tuple[str, str]:
-    """The plain-text and HTML bodies of a notification email."""
+    """The plain-text and HTML bodies of a notification email: the title, what it means, the
+    event's own note (the carrier's, or the shop's reason for a cancellation), the link."""
     t = _TEXT[_lang(language)]
+    note = f"{msg.note}\n\n" if msg.note else ""
     text = (
-        f"{msg.title}\n\n{msg.body}\n\n{t['track']}: {facts.url}\n\n"
+        f"{msg.title}\n\n{msg.body}\n\n{note}{t['track']}: {facts.url}\n\n"
         f"--\n{t['why']}\n{t['unsubscribe']}: {unsubscribe_url}\n"
     )
     e = html.escape
+    note_markup = f"<p>{e(msg.note)}</p>" if msg.note else ""
     markup = (
         f'<!doctype html><html lang="{_lang(language)}"><body style="font-family:sans-serif">'
-        f'<h1 style="font-size:1.3em">{e(msg.title)}</h1><p>{e(msg.body)}</p>'
+        f'<h1 style="font-size:1.3em">{e(msg.title)}</h1><p>{e(msg.body)}</p>{note_markup}'
         f'<p><a href="{e(facts.url)}">{e(t["track"])}</a></p>'
         f'<hr><p style="font-size:.85em;color:#555">{e(t["why"])} '
         f'<a href="{e(unsubscribe_url)}">{e(t["unsubscribe"])}</a></p></body></html>'

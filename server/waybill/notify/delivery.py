@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 
 from waybill.config import Settings
 from waybill.db import read_engine
-from waybill.models import Customer, Merchant, Order, utcnow
+from waybill.models import Customer, Merchant, Order, TrackingEvent, utcnow
 from waybill.notify import content, mail, outbox, preferences, subscriptions
 from waybill.notify.models import OutboxMessage, PushSubscription
 from waybill.notify.push_policy import topic_for, ttl_for, urgency_for
@@ -236,6 +236,13 @@ class Worker:
                 S.p256dh,
                 S.auth,
                 S.language,
+                # the words of the newest event that said this status (a carrier's "not at
+                # home", a shop's reason for cancelling): the message quotes them
+                select(TrackingEvent.description)
+                .where(TrackingEvent.order_id == X.order_id, TrackingEvent.status == X.status)
+                .order_by(col(TrackingEvent.occurred_at).desc(), col(TrackingEvent.id).desc())
+                .limit(1)
+                .scalar_subquery(),
             )
             .select_from(X)
             .outerjoin(Od, col(Od.id) == X.order_id)
@@ -246,7 +253,7 @@ class Worker:
         )
         with Session(read_engine(self.engine)) as session:
             joined = session.exec(query).all()  # type: ignore[call-overload]
-        rows = [r[0:7] for r in joined]
+        rows = [(*r[0:7], r[25]) for r in joined]
         orders = {r[7]: _OrderColumns(*r[7:14]) for r in joined if r[7] is not None}
         merchants = {r[9]: r[14] for r in joined if r[7] is not None}
         customers = {r[15]: r[15:19] for r in joined if r[15] is not None}
@@ -294,6 +301,7 @@ class Worker:
             channel: str,
             sub_id: int | None,
             status: str,
+            note: str | None,
         ) -> Outgoing | Callable[[], outbox.Outcome]:
             order = orders.get(order_id)
             if order is None:
@@ -307,6 +315,7 @@ class Worker:
                 status=status,
                 url=url,
                 estimated_delivery=order.estimated_delivery,
+                note=note,
             )
             customer_id = order.customer_id
             prefs = prefs_for(customer_id)

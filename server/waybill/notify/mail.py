@@ -1,18 +1,22 @@
-"""Outgoing mail: SMTP when ``WAYBILL_SMTP_URL`` is set, otherwise written to the log."""
+"""Outgoing mail: SMTP when ``WAYBILL_SMTP_URL`` is set, otherwise written, readable, to the
+server's standard error (``write_out``)."""
 
 from __future__ import annotations
 
+import copy
+import email.policy
 import logging
 import re
 import smtplib
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
-from email.utils import make_msgid
-from typing import Any
+from email.utils import getaddresses, make_msgid
+from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 from waybill.config import Settings
@@ -56,6 +60,50 @@ class MailSecurityError(smtplib.SMTPException):
 
     A subclass of ``smtplib.SMTPException``: the outbox counts it as a failed try of the mail
     and tries again later, so mail waits while the operator fixes ``WAYBILL_SMTP_URL``."""
+
+
+#: Headers of MIME plumbing, left out where a person reads the mail.
+_PLUMBING = frozenset({"mime-version", "content-type", "content-transfer-encoding"})
+_output = threading.Lock()  # one mail at a time on the output, never two interleaved
+
+
+def readable(msg: EmailMessage) -> str:
+    """The mail as its recipient would read it: the headers, decoded, and the plain-text part
+    as text (no base64 or quoted-printable), so that its link and code can be copied."""
+    headers = [f"{name}: {value}" for name, value in msg.items() if name.lower() not in _PLUMBING]
+    plain = msg.get_body(("plain",))
+    text = plain.get_content() if isinstance(plain, EmailMessage) else ""
+    return "\n".join(headers) + "\n\n" + text.rstrip("\n")
+
+
+def write_out(msg: EmailMessage, stream: TextIO | None = None) -> None:
+    """Mail with no relay to go to: on the server's standard error, whatever logging says (a
+    newcomer without ``WAYBILL_SMTP_URL`` signs in with the code shown there)."""
+    out = stream or sys.stderr
+    rule = "-" * 20
+    with _output:
+        out.write(
+            f"{rule} mail, not sent: WAYBILL_SMTP_URL is not set {rule}\n"
+            f"{readable(msg)}\n{rule} end of mail {rule}\n"
+        )
+        out.flush()
+
+
+def wire_form(msg: EmailMessage) -> tuple[str, list[str], bytes, tuple[str, ...]]:
+    """Sender, recipients, the bytes and the MAIL options of ``msg`` on the wire.
+
+    ``smtplib.SMTP.send_message`` flattens with the compat32 generator, which turns each line
+    of the body that starts with "From " into ">From " (mbox quoting, wrong for SMTP): here the
+    SMTP policy writes the message as it is (CRLF line ends, no quoting)."""
+    sender = getaddresses([str(msg["Sender"] or msg["From"])])[0][1]
+    fields = [str(v) for name in ("To", "Cc", "Bcc") for v in msg.get_all(name, [])]
+    recipients = [address for _, address in getaddresses(fields)]
+    shown = copy.copy(msg)  # deleting a header gives the copy a list of its own
+    del shown["Bcc"]
+    international = not (sender + "".join(recipients)).isascii()
+    policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
+    options = ("SMTPUTF8", "BODY=8BITMIME") if international else ()
+    return sender, recipients, shown.as_bytes(policy=policy), options
 
 
 def send(settings: Settings, msg: EmailMessage, *, timeout: float = 15.0) -> None:
@@ -120,7 +168,7 @@ class Relay:
     def send(self, msg: EmailMessage) -> None:
         """Deliver ``msg``; raises ``smtplib.SMTPException`` or ``OSError`` when it cannot."""
         if not self.settings.smtp_url:
-            log.info("mail (no WAYBILL_SMTP_URL set, so written here):\n%s", msg.as_string())
+            write_out(msg)
             return
         reused = self._smtp is not None
         smtp = self._connect()
@@ -141,8 +189,9 @@ class Relay:
 
     def _send_over(self, smtp: _SMTP | _SMTPS, msg: EmailMessage) -> None:
         smtp.data_started = False
+        sender, recipients, data, options = wire_form(msg)
         try:
-            smtp.send_message(msg)
+            smtp.sendmail(sender, recipients, data, options)
         except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError):
             # The relay answered, so the connection is in step: ready it for the next message.
             try:
