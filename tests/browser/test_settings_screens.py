@@ -157,3 +157,25 @@ def test_changing_the_language_still_says_saved(phone: Any, live_server: LiveSer
     saved = page.locator("#settings-status")
     saved.filter(has_text="Einstellungen gespeichert").wait_for()
     assert saved.is_visible()
+
+
+def test_a_new_device_signed_in_by_the_link_speaks_the_saved_language(
+    browser: Any, phone: Any, live_server: LiveServer
+) -> None:
+    """Whichever way the customer signs in (here the emailed link, on an English browser), the
+    app speaks the language they saved on another device."""
+    email = "link-geraet@example.com"
+    live_server.order_in_transit(email=email)
+    sign_in(phone, live_server, email)
+    save_preferences(phone, live_server, language="de")
+
+    laptop = new_device(browser, zone="America/New_York")
+    try:
+        sign_in(laptop, live_server, email)
+        page = laptop.new_page()
+        page.goto(live_server.url + "/")
+        page.get_by_role("heading", name="Deine Bestellungen").wait_for()
+        assert page.evaluate("() => document.documentElement.lang") == "de"
+        assert page.locator("#nav-settings").inner_text() == "Einstellungen"
+    finally:
+        laptop.close()

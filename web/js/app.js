@@ -2,9 +2,12 @@
 // the install button and the "Reload to update" offer.
 import { me } from './api.js';
 import { h } from './dom.js';
-import { loadStatuses, preferredLanguage, setLanguage, t } from './i18n.js';
+import { followCustomer, loadStatuses, preferredLanguage, setLanguage, t } from './i18n.js';
 import { Live } from './live.js';
 import { match } from './routes.js';
+
+// Set while this browser is signed in: whether a tracking page should ask who is looking.
+const SIGNED_IN = 'waybill.signedIn';
 
 export class App {
   constructor(doc) {
@@ -15,6 +18,7 @@ export class App {
     doc.body.append(this.announcer);
     this.live = null;
     this.customer = null;
+    this.signedIn = Promise.resolve(null); // the customer, once known, on every screen
     this.cleanups = [];
     this.generation = 0;
     // Answers fetched before a worker controlled the page are not kept for offline use. A page
@@ -33,6 +37,10 @@ export class App {
   async start() {
     await setLanguage(preferredLanguage());
     this.translateShell();
+    // The badge follows the connection on every screen, with or without a live socket.
+    addEventListener('online', () => this.showLiveState());
+    addEventListener('offline', () => this.showLiveState());
+    this.showLiveState();
     this.followLinks();
     this.offerInstall();
     await this.route();
@@ -52,15 +60,44 @@ export class App {
 
   async route() {
     const { view: name, params } = match(location.pathname) || { view: 'home', params: {} };
+    const settingsLink = this.doc.getElementById('nav-settings');
     if (name !== 'track' || params.orderId) {
-      this.customer = await me().catch(() => null);
+      this.customer = await this.whoIsSignedIn();
+      // The language saved on any device (or the one the orders came with) wins over this
+      // browser's, whichever way the customer signed in.
+      if (this.customer && (await followCustomer(this.customer))) this.translateShell();
+      this.signedIn = Promise.resolve(this.customer);
       if (!this.customer && name !== 'sign-in') return this.go('/sign-in', { replace: true });
       if (this.customer && name === 'sign-in') return this.go('/', { replace: true });
+    } else if (localStorage.getItem(SIGNED_IN)) {
+      // A tracking link opens without an account: asked beside the order, not before it, and
+      // only in a browser that was signed in (a 401 is an error in the console).
+      const alive = this.alive();
+      this.signedIn = this.whoIsSignedIn().then((customer) => {
+        if (alive()) { this.customer = customer; settingsLink.hidden = !customer; }
+        return customer;
+      });
+    } else {
+      this.customer = null;
+      this.signedIn = Promise.resolve(null);
     }
-    this.doc.getElementById('nav-settings').hidden = !this.customer || name === 'settings';
+    settingsLink.hidden = !this.customer || name === 'settings';
     const view = await import(`./views/${name}.js`);
     this.main.dataset.view = name;
     await view.render(this, params);
+  }
+
+  /** The signed-in customer, else null; remembers which it was when the server said so (not
+   * when the question could not be asked, offline). */
+  async whoIsSignedIn() {
+    try {
+      const customer = await me();
+      if (customer) localStorage.setItem(SIGNED_IN, '1');
+      else localStorage.removeItem(SIGNED_IN);
+      return customer;
+    } catch {
+      return null;
+    }
   }
 
   /** Move to another screen: a full load where the session changed, else in place. */
@@ -75,8 +112,22 @@ export class App {
     this.generation += 1;
     this.live?.stop();
     this.live = null;
+    this.showLiveState();
     this.refresh = null;
+    this.retryDelay = 0;
     for (const undo of this.cleanups.splice(0)) undo();
+  }
+
+  /** Call `retry` once the connection is back; online already (the server did not answer, or
+   * the network is not quite back), after a pause that grows to half a minute. */
+  retryLater(retry) {
+    if (!navigator.onLine) {
+      this.listen(window, 'online', retry, { once: true });
+      return;
+    }
+    const alive = this.alive();
+    this.retryDelay = Math.min(30000, (this.retryDelay || 1000) * 2);
+    setTimeout(() => { if (alive()) retry(); }, this.retryDelay);
   }
 
   listen(target, type, fn, options) {
@@ -98,13 +149,20 @@ export class App {
     const live = new Live(query);
     live.seen(cursor);
     live.addEventListener('order', (e) => onOrder(e.detail));
-    live.addEventListener('state', (e) => this.showLiveState(e.detail));
+    live.addEventListener('state', () => this.showLiveState());
     this.live = live.start();
-    this.showLiveState(live.state);
+    this.showLiveState();
   }
 
-  showLiveState(state) {
-    this.liveBadge.hidden = false;
+  /** "Offline" whenever the browser is, on any screen; else the live socket's state where the
+   * screen has one (live, connecting), and nothing where it has none or was refused one. */
+  showLiveState() {
+    let state = navigator.onLine ? this.live?.state : 'offline';
+    // Back online, the socket that dropped is on its way back.
+    if (navigator.onLine && state === 'offline') state = 'connecting';
+    const shown = ['live', 'connecting', 'offline'].includes(state);
+    this.liveBadge.hidden = !shown;
+    if (!shown) return;
     this.liveBadge.dataset.state = state;
     this.liveBadge.textContent = t(`live.${state}`);
   }

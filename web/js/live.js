@@ -12,8 +12,9 @@ export class Live extends EventTarget {
     this.stopped = false;
     this.state = 'connecting';
     this.onOnline = () => this.reconnectNow();
+    this.onOffline = () => this.setState('offline');
     addEventListener('online', this.onOnline);
-    addEventListener('offline', () => this.setState('offline'));
+    addEventListener('offline', this.onOffline);
   }
 
   /** Never go back: cursors only grow. */
@@ -31,6 +32,7 @@ export class Live extends EventTarget {
     this.stopped = true;
     clearTimeout(this.timer);
     removeEventListener('online', this.onOnline);
+    removeEventListener('offline', this.onOffline);
     if (this.ws) this.ws.close(1000);
   }
 
@@ -55,11 +57,14 @@ export class Live extends EventTarget {
     ws.addEventListener('close', (event) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      // Not signed in, no such order, or refused by policy: retrying would not change that.
+      // Closed by us (the customer left the screen): nothing to report.
+      if (this.stopped) return;
+      // Not signed in, no such order, or refused by policy: retrying would not change that,
+      // and the browser is not offline for it ('closed').
       // Everything else (1001 going away, 1013 fell behind, a dropped network) reconnects
       // and resumes from the last cursor.
-      if (this.stopped || FINAL.has(event.code)) {
-        this.setState('offline');
+      if (FINAL.has(event.code)) {
+        this.setState('closed');
         return;
       }
       this.retry();

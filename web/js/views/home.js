@@ -1,36 +1,27 @@
 // Home: every order of the signed-in customer, grouped by what matters today.
 import { ApiError, get } from '../api.js';
 import { h, icon } from '../dom.js';
-import { formatDay, isToday, t, timeAgo } from '../i18n.js';
-import { orderLabel, timeline } from './order-view.js';
+import { t, timeAgo } from '../i18n.js';
+import { orderLabel, outlook, viewerZone } from './order-view.js';
 
-const DONE = new Set(['delivered', 'returned', 'cancelled']);
-const RECENT_MS = 14 * 24 * 3600 * 1000;
+// Orders that wait for the customer first, then what arrives today.
+const GROUPS = ['action', 'today', 'onTheWay', 'delivered', 'older'];
+/** How long a card a live update changed stays marked. */
+export const UPDATED_MS = 60 * 1000;
 
-function eta(order) {
-  return order.estimated_delivery || (order.shipments || []).map((s) => s.estimated_delivery).find(Boolean);
-}
+export const group = (order, zone) => outlook(order, zone).group;
 
-export function group(order) {
-  if (!DONE.has(order.status)) {
-    const e = eta(order);
-    return order.status === 'out_for_delivery' || (e && isToday(e)) ? 'today' : 'onTheWay';
-  }
-  const last = timeline(order)[0]?.occurred_at || order.updated_at;
-  return order.status === 'delivered' && Date.now() - Date.parse(last) < RECENT_MS ? 'delivered' : 'older';
-}
-
-function card(order) {
-  const e = eta(order);
-  let sub = order.packages?.total > 1 ? order.packages.summary : '';
-  if (group(order) === 'today') sub = t('order.expectedToday');
-  else if (!DONE.has(order.status) && e) sub = t('order.expected', { date: formatDay(e) });
-  return h('li', {}, h('a', { class: 'order-card', href: `/orders/${order.id}`, 'data-order': order.id },
+function card(order, zone, updated) {
+  const known = outlook(order, zone);
+  const packages = order.packages?.total > 1 ? order.packages.summary : null;
+  return h('li', {}, h('a', { class: updated ? 'order-card updated' : 'order-card', href: `/orders/${order.id}`, 'data-order': order.id },
     icon(order.status),
-    h('span', {},
+    h('span', { class: 'card-text' },
       h('strong', { text: orderLabel(order) }),
       h('span', { class: 'sub', text: `${order.merchant.name} · ${order.external_id}` }),
-      sub ? h('span', { class: 'sub', text: sub }) : null)));
+      packages ? h('span', { class: 'sub', text: packages }) : null,
+      known.lines.map((line, i) => h('span', { class: 'sub', 'data-late': (i === 0 && known.late) || null, text: line })),
+      updated ? h('span', { class: 'updated-note', text: t('order.updatedNow') }) : null)));
 }
 
 export async function render(app) {
@@ -39,6 +30,8 @@ export async function render(app) {
   const list = h('div', { id: 'orders' });
   const refreshButton = h('button', { type: 'button', class: 'ghost', text: t('home.refresh') });
   const stamp = h('p', { class: 'freshness' });
+  const zone = viewerZone(app.customer);
+  const updatedAt = new Map(); // order id → when a live update changed it
 
   const draw = () => {
     if (!orders.length) {
@@ -46,12 +39,13 @@ export async function render(app) {
         h('h2', { text: t('home.empty') }), h('p', { class: 'muted', text: t('home.emptyHint') })));
       return;
     }
-    const groups = { today: [], onTheWay: [], delivered: [], older: [] };
-    for (const o of orders) groups[group(o)].push(o);
-    list.replaceChildren(...Object.entries(groups).filter(([, os]) => os.length).map(([key, os]) =>
+    const groups = new Map(GROUPS.map((key) => [key, []]));
+    for (const o of orders) groups.get(group(o, zone)).push(o);
+    const fresh = (o) => Date.now() - (updatedAt.get(o.id) || 0) < UPDATED_MS;
+    list.replaceChildren(...[...groups].filter(([, os]) => os.length).map(([key, os]) =>
       h('section', { class: 'group', 'aria-labelledby': `g-${key}` },
         h('h2', { id: `g-${key}`, text: t(`home.${key}`) }),
-        h('ul', { class: 'orders' }, os.map(card)))));
+        h('ul', { class: 'orders' }, os.map((o) => card(o, zone, fresh(o)))))));
   };
 
   const alive = app.alive();
@@ -74,6 +68,8 @@ export async function render(app) {
       if (!alive()) return false;
       if (err instanceof ApiError && err.status === 401) { app.go('/sign-in'); return false; }
       list.replaceChildren(h('p', { class: 'error', text: t('order.loadFailed') }));
+      // Offline now: try again by itself once the connection is back.
+      app.retryLater(() => load());
       return true;
     }
   };
@@ -99,8 +95,13 @@ export async function render(app) {
   const max = Math.max(0, ...orders.map((o) => o.cursor || 0));
   app.startLive('', max, (order) => {
     const i = orders.findIndex((o) => o.id === order.id);
+    const changed = i < 0 || orders[i].status !== order.status;
     if (i >= 0) orders[i] = order; else orders.unshift(order);
+    updatedAt.set(order.id, Date.now());
+    if (changed) app.announce(t('home.changed', { number: order.external_id, status: orderLabel(order) }));
     draw();
+    // The mark says "just now": it goes once that is no longer true.
+    setTimeout(() => { if (alive()) draw(); }, UPDATED_MS + 100);
   });
   app.refresh = () => load();
 }

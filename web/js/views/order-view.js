@@ -2,7 +2,7 @@
 // status header, stepper, estimate, timeline (newest first, viewer's local time), items, carrier.
 import { get } from '../api.js';
 import { h, icon } from '../dom.js';
-import { formatDateTime, formatDay, isToday, statusLabel, t, timeAgo } from '../i18n.js';
+import { language, statusLabel, t, timeAgo } from '../i18n.js';
 
 const LINE = ['confirmed', 'processing', 'shipped', 'in_transit', 'out_for_delivery', 'delivered'];
 const TONE = { delivered: 'ok', attempted: 'warn', available_for_pickup: 'warn', exception: 'warn', returned: 'bad', cancelled: 'bad' };
@@ -34,6 +34,97 @@ function answerLabels(order) {
 
 /** What the order's status is called (the server's catalogue, else the answer's own label). */
 export const orderLabel = (order) => statusLabel(order.status, order.status_label);
+
+export const TERMINAL = new Set(['delivered', 'returned', 'cancelled']);
+/** Statuses that wait for the customer to act: collect, rearrange, or look into a problem. */
+export const NEEDS_YOU = new Set(['available_for_pickup', 'attempted', 'exception']);
+const RECENT_MS = 14 * 24 * 3600 * 1000;
+
+/** The customer's saved time zone if this browser knows it, else the browser's own. */
+export function viewerZone(customer) {
+  const zone = customer?.timezone;
+  if (!zone) return undefined;
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: zone });
+    return zone;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The calendar day of `at` in `zone`, as "2026-11-28": days compare as strings. */
+export function dayOf(at, zone) {
+  return new Intl.DateTimeFormat('en-CA', { timeZone: zone, year: 'numeric', month: '2-digit', day: '2-digit' })
+    .format(new Date(at));
+}
+
+/** "Nov 25, 2026, 10:30 AM" in the viewer's language and zone. */
+export function formatDateTimeIn(at, zone) {
+  return new Intl.DateTimeFormat(language(), { timeZone: zone, dateStyle: 'medium', timeStyle: 'short' })
+    .format(new Date(at));
+}
+
+/** "Saturday, November 28" in the viewer's language and zone. */
+export function formatDayIn(at, zone) {
+  return new Intl.DateTimeFormat(language(), { timeZone: zone, weekday: 'long', day: 'numeric', month: 'long' })
+    .format(new Date(at));
+}
+
+export const estimateOf = (order) =>
+  order.estimated_delivery || (order.shipments || []).map((s) => s.estimated_delivery).find(Boolean) || null;
+
+/**
+ * What is known about when the order arrives, worded from the facts (status, the time of the
+ * latest scan of that status, the estimate and whether its day has passed) in the viewer's zone:
+ * `group` (home's heading), `lines` (what to say, first the main one) and `late`.
+ */
+export function outlook(order, zone, now = Date.now()) {
+  const status = order.status;
+  const events = timeline(order);
+  const latest = events.find((e) => e.status === status);
+  const today = dayOf(now, zone);
+  const note = latest?.description || null;
+  if (status === 'delivered') {
+    const at = latest?.occurred_at || events[0]?.occurred_at || order.updated_at;
+    return {
+      group: now - Date.parse(at) < RECENT_MS ? 'delivered' : 'older',
+      lines: [latest ? t('order.deliveredOn', { date: formatDayIn(latest.occurred_at, zone) }) : orderLabel(order)],
+      late: false,
+    };
+  }
+  if (TERMINAL.has(status)) return { group: 'older', lines: note ? [note] : [], late: false };
+  if (status === 'available_for_pickup') {
+    // Where and until when come from the carrier's scan: its location and its note.
+    const where = latest?.location ? t('order.pickupAt', { place: latest.location }) : t('order.pickupReady');
+    return { group: 'action', lines: [where, note].filter(Boolean), late: false };
+  }
+  const eta = estimateOf(order);
+  const etaDay = eta ? dayOf(eta, zone) : null;
+  const late = Boolean(etaDay && etaDay < today);
+  let main;
+  if (status === 'attempted') {
+    main = latest ? t('order.attemptedOn', { date: formatDayIn(latest.occurred_at, zone) }) : null;
+  } else if (status === 'out_for_delivery' && latest && dayOf(latest.occurred_at, zone) === today) {
+    return { group: 'today', lines: [t('order.expectedToday')], late: false };
+  } else if (etaDay === today) {
+    main = t('order.expectedToday');
+  } else if (late) {
+    main = t('order.expectedLate', { date: formatDayIn(eta, zone) });
+  } else if (status === 'out_for_delivery' && latest) {
+    main = t('order.outSince', { date: formatDayIn(latest.occurred_at, zone) });
+  } else if (eta) {
+    main = t('order.expected', { date: formatDayIn(eta, zone) });
+  } else {
+    main = t('order.noEstimate');
+  }
+  const lines = [main];
+  // An attempt or a delay with the carrier's word on what happens next.
+  if (NEEDS_YOU.has(status) && note) lines.push(note);
+  if (status === 'attempted' && late) lines.push(t('order.expectedLate', { date: formatDayIn(eta, zone) }));
+  let group = etaDay === today ? 'today' : 'onTheWay';
+  if (NEEDS_YOU.has(status)) group = 'action';
+  return { group, lines: lines.filter(Boolean), late };
+}
 
 /** How many of a long timeline, and of a long item list, show before "Show all". */
 export const SHOWN_EVENTS = 10;
@@ -115,49 +206,68 @@ export function olderFor(order, older) {
   for (const tl of timelines(order)) {
     if (!tl.before) continue;
     const found = older.get(olderKey(tl));
-    if (found) events.push(...found); else complete = false;
+    if (found) events.push(...found.map((e) => ({ ...e, shipmentId: tl.shipmentId }))); else complete = false;
   }
   return { events, complete };
 }
 
 /** Every event of the order and its shipments that the answer carries (and `older` ones),
- * newest first. */
+ * newest first; a shipment's events carry its `shipmentId`. */
 export function timeline(order, older = []) {
   const events = [...older, ...(order.events || [])];
-  for (const s of order.shipments || []) events.push(...s.events);
+  for (const s of order.shipments || []) events.push(...s.events.map((e) => ({ ...e, shipmentId: s.id })));
   return events.sort((a, b) => Date.parse(b.occurred_at) - Date.parse(a.occurred_at));
+}
+
+/** How far one parcel (or an order without parcels) has come along LINE: the index of the last
+ * step reached, and whether its status is off the line (attempted, delayed, ...). */
+function progress(status, events) {
+  const offLine = !LINE.includes(status);
+  let last = offLine ? -1 : LINE.indexOf(status);
+  if (offLine) for (const e of events) last = Math.max(last, LINE.indexOf(e.status));
+  return { status, last, offLine };
+}
+
+/** The progress the bar shows: of a split order, the least advanced parcel still on its way
+ * (a full bar would say "delivered" while a parcel is not). */
+function orderProgress(order) {
+  const ships = order.shipments || [];
+  if (ships.length < 2 || ['cancelled', 'returned'].includes(order.status)) {
+    return progress(order.status, [...(order.events || []), ...ships.flatMap((s) => s.events)]);
+  }
+  const parcels = ships.map((s) => progress(s.status, [...(order.events || []), ...s.events]));
+  const open = parcels.filter((p) => !TERMINAL.has(p.status));
+  return (open.length ? open : parcels).reduce((a, b) => (b.last < a.last ? b : a));
+}
+
+/** "Package 2 of 3 · DHL 00340434…": which parcel of a split order something belongs to. */
+export function parcelName(order, shipmentId) {
+  const ships = order.shipments || [];
+  const i = ships.findIndex((s) => s.id === shipmentId);
+  if (ships.length < 2 || i < 0) return null;
+  return t('order.parcel', { n: i + 1, total: ships.length, carrier: ships[i].carrier, number: ships[i].tracking_number });
 }
 
 function stepper(order) {
   const labels = answerLabels(order);
-  const reached = new Set([order.status, ...timeline(order).map((e) => e.status)]);
-  let last = -1;
-  LINE.forEach((s, i) => { if (reached.has(s)) last = i; });
-  const offLine = !LINE.includes(order.status);
+  const { status, last, offLine } = orderProgress(order);
   const total = LINE.length;
   const items = LINE.map((s, i) => {
     let state = i <= last ? 'done' : 'todo';
     if (!offLine && i === last) state = 'current';
-    if (offLine && i === Math.min(last + 1, total - 1)) state = TONE[order.status] || 'warn';
+    if (offLine && i === Math.min(last + 1, total - 1)) state = TONE[status] || 'warn';
     return h('li', { 'data-state': state, 'data-step': s, title: statusLabel(s, labels.get(s)) });
   });
   const n = Math.max(1, last + 1);
+  const parcels = order.shipments?.length || 0;
+  const label = parcels > 1 && !['cancelled', 'returned'].includes(order.status)
+    ? t('order.progressParcels', { n, total, parcels })
+    : t('order.progress', { n, total });
   return [
-    h('ol', { class: 'stepper', 'aria-label': t('order.progress', { n, total }) }, items),
+    h('ol', { class: 'stepper', 'aria-label': label }, items),
     h('p', { class: 'stepper-labels', 'aria-hidden': 'true' },
       h('span', { text: t('step.confirmed') }), h('span', { text: t('step.delivered') })),
   ];
-}
-
-function estimate(order) {
-  if (order.status === 'delivered') {
-    const when = timeline(order).find((e) => e.status === 'delivered');
-    return when ? t('order.deliveredOn', { date: formatDay(when.occurred_at) }) : orderLabel(order);
-  }
-  if (['cancelled', 'returned'].includes(order.status)) return null;
-  const eta = order.estimated_delivery || (order.shipments || []).map((s) => s.estimated_delivery).find(Boolean);
-  if (order.status === 'out_for_delivery' || (eta && isToday(eta))) return t('order.expectedToday');
-  return eta ? t('order.expected', { date: formatDay(eta) }) : t('order.noEstimate');
 }
 
 /** A "Show all" button under a collapsed list: a real button, saying which list it opens. */
@@ -169,19 +279,24 @@ function showAll(text, controls, onclick) {
  * The order screen. `older` holds the events the answer leaves out, once fetched (null: the
  * timeline is collapsed to its latest SHOWN_EVENTS); `onShowAllEvents(button)` fetches them.
  * `itemsOpen` shows every item, else the first SHOWN_ITEMS and `onShowAllItems(button)`.
+ * Days and times are the viewer's in `zone`; `updated` marks the status a live update just changed.
  */
 export function renderOrder(order, {
   storedAt = null, extra = [], older = null, onShowAllEvents = null, itemsOpen = false, onShowAllItems = null,
+  zone = undefined, updated = false,
 } = {}) {
+  const known = outlook(order, zone);
   const tone = TONE[order.status] || 'info';
-  const head = h('section', { class: 'card order-head', 'aria-labelledby': 'order-status' },
+  const head = h('section', { class: updated ? 'card order-head updated' : 'card order-head', 'aria-labelledby': 'order-status' },
     h('p', { class: 'merchant', text: t('order.number', { merchant: order.merchant.name, number: order.external_id }) }),
     h('div', { class: 'status', 'data-tone': tone, 'data-status': order.status },
       icon(order.status),
       h('h1', { id: 'order-status', text: orderLabel(order) })),
     order.packages?.total > 1 && order.packages.summary ? h('p', { class: 'muted', text: order.packages.summary }) : null,
+    updated ? h('p', { class: 'updated-note', text: t('order.updatedNow') }) : null,
     stepper(order),
-    (() => { const e = estimate(order); return e ? h('p', { class: 'estimate', text: e }) : null; })(),
+    known.lines.length ? h('p', { class: 'estimate', 'data-late': known.late || null, text: known.lines[0] }) : null,
+    known.lines.slice(1).map((line) => h('p', { class: 'note', text: line })),
     storedAt ? h('p', { class: 'freshness', text: t('order.updatedAgo', { ago: timeAgo(storedAt) }) }) : null,
     ...extra,
   );
@@ -194,7 +309,8 @@ export function renderOrder(order, {
     h('h2', { id: 'timeline-h', text: t('order.timeline') }),
     shown.length
       ? h('ol', { class: 'timeline', id: 'timeline-list' }, shown.map((e) => h('li', {},
-        h('time', { datetime: e.occurred_at, text: formatDateTime(e.occurred_at) }),
+        h('time', { datetime: e.occurred_at, text: formatDateTimeIn(e.occurred_at, zone) }),
+        parcelName(order, e.shipmentId) ? h('span', { class: 'parcel', text: parcelName(order, e.shipmentId) }) : null,
         h('span', { class: 'what', text: statusLabel(e.status, e.status_label) }),
         e.location ? h('span', { class: 'muted', text: ` · ${e.location}` }) : null,
         e.description ? h('p', { class: 'small', text: e.description }) : null)))
@@ -207,9 +323,10 @@ export function renderOrder(order, {
   if (order.shipments?.length) {
     side.push(h('section', { class: 'card', 'aria-labelledby': 'ship-h' },
       h('h2', { id: 'ship-h', text: t('order.shipments') }),
-      order.shipments.map((s) => {
+      order.shipments.map((s, i, all) => {
         const url = carrierUrl(s.carrier, s.tracking_number);
         return h('p', { class: 'shipment' },
+          all.length > 1 ? h('span', { class: 'parcel', text: t('order.parcelOnly', { n: i + 1, total: all.length }) }) : null,
           h('strong', { text: s.carrier }),
           h('span', {}, h('span', { class: 'visually-hidden', text: `${t('order.trackingNumber')}: ` }), s.tracking_number),
           url ? h('a', { href: url, rel: 'noopener noreferrer', target: '_blank', text: t('order.trackAtCarrier', { carrier: s.carrier }) }) : null);

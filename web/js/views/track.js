@@ -4,8 +4,11 @@ import { h } from '../dom.js';
 import { t } from '../i18n.js';
 import { pushSupported, subscribe } from '../push.js';
 import {
-  SHOWN_EVENTS, SHOWN_ITEMS, carryOlder, fetchOlder, olderFor, orderLabel, renderOrder,
+  SHOWN_EVENTS, SHOWN_ITEMS, TERMINAL, carryOlder, fetchOlder, olderFor, orderLabel, renderOrder, viewerZone,
 } from './order-view.js';
+
+/** How long the status a live update changed stays marked "Updated just now". */
+const UPDATED_MS = 60 * 1000;
 
 function notifyButton(token) {
   const note = h('p', { class: 'small muted', role: 'status' });
@@ -59,7 +62,21 @@ export async function render(app, { token, orderId }) {
   const eventsPath = `${path}/events`;
   // What the customer opened on this screen: it stays open across live updates.
   // older: null while the timeline is collapsed, else its left-out events by timeline.
-  const opened = { older: null, items: false, storedAt: null, fetching: null };
+  const opened = { older: null, items: false, storedAt: null, fetching: null, changedAt: 0 };
+  // The tracking link does not need an account; whether this browser has one shows once known.
+  let customer = app.customer;
+  if (token) {
+    app.signedIn.then((found) => {
+      if (!alive() || !found) return;
+      customer = found;
+      app.main.querySelector('.link-row')?.replaceChildren(accountLink());
+    });
+  }
+
+  /** To all the customer's orders when signed in, else to signing in. */
+  const accountLink = () => (customer
+    ? h('a', { href: '/', text: t(token ? 'order.allYours' : 'order.back') })
+    : h('a', { href: '/sign-in', text: t('order.signIn') }));
 
   /** Every older event of `order`, those already at hand reused; null if it could not load. */
   const loadOlder = (order) => {
@@ -111,9 +128,9 @@ export async function render(app, { token, orderId }) {
 
   const draw = (order, storedAt) => {
     opened.storedAt = storedAt;
-    const extra = token
-      ? [notifyButton(token), h('p', { class: 'link-row' }, h('a', { href: '/sign-in', text: t('order.signIn') }))]
-      : [mute, h('p', { class: 'link-row' }, h('a', { href: '/', text: t('order.back') }))];
+    // A delivered or cancelled order has nothing left to notify about.
+    const notify = token && !TERMINAL.has(order.status) ? notifyButton(token) : null;
+    const extra = [token ? notify : mute, h('p', { class: 'link-row' }, accountLink())];
     let older = null;
     if (opened.older) {
       const held = olderFor(order, opened.older);
@@ -129,6 +146,7 @@ export async function render(app, { token, orderId }) {
     }
     app.show(renderOrder(order, {
       storedAt, extra, older, onShowAllEvents: showAllEvents, itemsOpen: opened.items, onShowAllItems: showAllItems,
+      zone: viewerZone(customer), updated: Date.now() - opened.changedAt < UPDATED_MS,
     }));
     document.title = `${orderLabel(order)} · ${order.merchant.name} · Waybill`;
   };
@@ -150,6 +168,8 @@ export async function render(app, { token, orderId }) {
       app.show(h('section', { class: 'card' },
         h('h1', { text: missing ? t('order.notFound') : t('order.loadFailed') }),
         missing ? null : h('button', { type: 'button', onclick: load, text: t('order.retry') })));
+      // Offline now: try again by itself once the connection is back.
+      if (!missing) app.retryLater(load);
     }
   };
 
@@ -158,6 +178,11 @@ export async function render(app, { token, orderId }) {
     if (order.id !== current.id) return;
     const changed = order.status !== current.status;
     follow(order);
+    if (changed) {
+      opened.changedAt = Date.now();
+      // The mark says "just now": it goes once that is no longer true.
+      setTimeout(() => { if (alive() && current === order) draw(order, opened.storedAt); }, UPDATED_MS + 100);
+    }
     draw(order, null);
     if (changed) app.announce(t('order.changed', { status: orderLabel(order) }));
   });
