@@ -10,6 +10,7 @@ which ``event_page`` reads a page at a time.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import struct
 from collections import defaultdict
@@ -151,8 +152,18 @@ def _ranked_events() -> sa.Select[Any]:
     )
 
 
-#: Built once: the statement and its cache key are the same for every page of orders.
+#: Built once: the statements and their cache keys are the same for every page of orders.
 _LATEST_EVENTS = _ranked_events()
+_ORDER_IDS = sa.bindparam("order_ids", expanding=True)
+_SHIPMENTS_OF = (
+    select(Shipment).where(col(Shipment.order_id).in_(_ORDER_IDS)).order_by(col(Shipment.id))
+)
+#: Each order's latest change: the cursor its readers resume from.
+_CURSORS_OF = (
+    sa.select(col(Change.order_id), sa.func.max(col(Change.id)))
+    .where(col(Change.order_id).in_(_ORDER_IDS))
+    .group_by(col(Change.order_id))
+)
 
 
 def _latest_events(
@@ -180,10 +191,16 @@ def _by_id(session: Session, model: type[T], ids: set[Any]) -> dict[Any, T]:
             found[row_id] = row  # type: ignore[assignment]
     missing = ids - found.keys()
     if missing:
-        pk = sa.inspect(model).primary_key[0]
-        for row in session.exec(select(model).where(pk.in_(missing))):
+        for row in session.exec(_rows_by_id(model), params={"ids": list(missing)}):
             found[sa.inspect(row).identity[0]] = row
     return found
+
+
+@functools.cache
+def _rows_by_id(model: type[T]) -> Any:
+    """``SELECT … WHERE id IN (:ids)`` for ``model``, built once."""
+    pk = sa.inspect(model).primary_key[0]
+    return select(model).where(pk.in_(sa.bindparam("ids", expanding=True)))
 
 
 def _timeline_fields(rows: list[Any], total: int, language: str) -> dict[str, Any]:
@@ -208,20 +225,12 @@ def render_orders(
 ) -> list[OrderPublic]:
     if not orders:
         return []
-    ids = [o.id for o in orders]
+    ids = {"order_ids": [o.id for o in orders]}
     shipments: dict[int, list[Shipment]] = defaultdict(list)
-    for s in session.exec(
-        select(Shipment).where(Shipment.order_id.in_(ids)).order_by(Shipment.id)  # type: ignore[union-attr]
-    ):
+    for s in session.exec(_SHIPMENTS_OF, params=ids):
         shipments[s.order_id].append(s)
-    events, totals = _latest_events(session, ids)
-    cursors = dict(
-        session.exec(
-            select(Change.order_id, sa.func.max(Change.id))
-            .where(Change.order_id.in_(ids))  # type: ignore[attr-defined]
-            .group_by(Change.order_id)
-        ).all()
-    )
+    events, totals = _latest_events(session, ids["order_ids"])
+    cursors = {oid: cursor for oid, cursor in session.connection().execute(_CURSORS_OF, ids)}
     merchants = _by_id(session, Merchant, {o.merchant_id for o in orders})
     customers = _by_id(session, Customer, {o.customer_id for o in orders}) if merchant_view else {}
     out: list[OrderPublic] = []

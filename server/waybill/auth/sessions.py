@@ -16,7 +16,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from flask import Response, after_this_request, current_app, g, request
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from waybill.auth.tokens import digest, keyed_digest, new_token, same
 from waybill.db import get_session, touch
@@ -86,7 +86,13 @@ def current() -> AuthSession | None:
     sid = request.cookies.get(COOKIE)
     if sid and len(sid) < 100:
         db = get_session()
-        auth = db.exec(select(AuthSession).where(AuthSession.id_hash == digest(sid))).first()
+        # The session and its customer in one read; the customer is kept for the request.
+        found = db.exec(
+            select(AuthSession, Customer)
+            .join(Customer, col(Customer.id) == col(AuthSession.customer_id))
+            .where(AuthSession.id_hash == digest(sid))
+        ).first()
+        auth, g.session_customer = found or (None, None)
         now = utcnow()
         if auth and auth.revoked_at is None and now - auth.last_seen_at < IDLE_EXPIRY:
             if now - auth.last_seen_at > _SEEN_RESOLUTION:
@@ -101,8 +107,7 @@ def current() -> AuthSession | None:
 
 
 def current_customer() -> Customer | None:
-    auth = current()
-    return get_session().get(Customer, auth.customer_id) if auth else None
+    return g.session_customer if current() else None  # type: ignore[no-any-return]
 
 
 def signed_in() -> AuthSession:
