@@ -48,6 +48,11 @@ _PACKAGES: dict[str, str] = {
     "de": "{delivered} von {total} Paketen zugestellt",
 }
 LANGUAGES: tuple[str, ...] = tuple(LABELS)
+#: Moments a customer can choose to hear about that are no status of their own.
+STAGE_LABELS: dict[str, dict[str, str]] = {
+    "en": {"partially_delivered": "One package delivered, others on the way"},
+    "de": {"partially_delivered": "Ein Paket zugestellt, weitere unterwegs"},
+}
 
 
 def _known(language: str | None) -> str:
@@ -61,6 +66,13 @@ def first_spoken(tags: Iterable[str]) -> str:
         if tag[:2].lower() in LABELS:
             return tag[:2].lower()
     return DEFAULT_LANGUAGE
+
+
+def stage_label(stage: str, language: str = DEFAULT_LANGUAGE) -> str:
+    """What a notification stage (a status, or a moment such as ``partially_delivered``) is
+    called in ``language``."""
+    words = STAGE_LABELS[_known(language)]
+    return words[stage] if stage in words else label(stage, language)
 
 
 def label(status: Status | str, language: str = DEFAULT_LANGUAGE) -> str:

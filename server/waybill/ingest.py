@@ -37,7 +37,18 @@ from waybill.models import (
 )
 from waybill.notify import outbox
 from waybill.tracking.events import dedupe_key, order_estimate
-from waybill.tracking.statuses import Status, TimelineEntry, fold, order_status, sort_key, step
+from waybill.tracking.statuses import (
+    Status,
+    TimelineEntry,
+    fold,
+    is_terminal,
+    order_status,
+    sort_key,
+    step,
+)
+
+#: The kind of change a parcel's delivery is when the order goes on (see ``_recompute``).
+PARCEL_DELIVERED = outbox.PARCEL_DELIVERED
 
 
 class Conflict(Exception):
@@ -345,6 +356,7 @@ def _record(
             dedupe_key=key,
         )
     )
+    parcel_delivered = False
     if shipment is None:
         own.append(entry)
     else:
@@ -355,9 +367,10 @@ def _record(
             or Status.SHIPPED
         )
         if shipment.status != folded:
+            parcel_delivered = folded == Status.DELIVERED
             shipment.status = folded
             session.add(shipment)
-    _recompute(session, order, "event.recorded", own=own)
+    _recompute(session, order, "event.recorded", own=own, parcel_delivered=parcel_delivered)
     return True
 
 
@@ -378,10 +391,17 @@ def _timeline(session: Session, order: Order, shipment_id: int | None) -> list[T
 
 
 def _recompute(
-    session: Session, order: Order, kind: str, *, own: list[TimelineEntry] | None = None
+    session: Session,
+    order: Order,
+    kind: str,
+    *,
+    own: list[TimelineEntry] | None = None,
+    parcel_delivered: bool = False,
 ) -> None:
     """The order's status from its own timeline (``own``, when the caller has read it) and
-    its shipments' statuses (each kept current as its events arrive); log the change."""
+    its shipments' statuses (each kept current as its events arrive); log the change. A
+    parcel delivered while the order goes on (another parcel is on its way) is logged as a
+    change of kind ``parcel.delivered``: a moment to tell, whatever the order's status says."""
     shipments = list(session.exec(select(Shipment).where(Shipment.order_id == order.id)))
     if own is None:
         own = _timeline(session, order, None)
@@ -393,6 +413,8 @@ def _recompute(
     )
     order.updated_at = utcnow()
     session.add(order)
+    if parcel_delivered and not is_terminal(order.status):
+        kind = PARCEL_DELIVERED
     _record_change(session, order, kind, before)
 
 

@@ -86,16 +86,17 @@ def test_settings_list_exactly_the_stages_the_api_gives(
     page.get_by_role("heading", name="Einstellungen").wait_for()
     page.locator("#preferences").wait_for()
     assert page.evaluate(SWITCHES) == [
-        [s["status"], s["label"], s["default_on"]] for s in catalogue["statuses"] if s["notifiable"]
+        [s["stage"], s["label"], s["default_on"]] for s in catalogue["stages"]
     ]
     labels = [s[1] for s in page.evaluate(SWITCHES)]
     assert "Zurück an Absender" in labels and "Verzögert" in labels
+    assert "Ein Paket zugestellt, weitere unterwegs" in labels  # a moment, not a status
     # Saving sends every stage back as shown.
     page.get_by_role("switch", name="Wird vorbereitet").check()
     page.get_by_role("button", name="Einstellungen speichern").click()
     page.get_by_role("status").filter(has_text="Einstellungen gespeichert").wait_for()
     saved = german.request.get(f"{live_server.url}/api/me/preferences").json()["statuses"]
-    expected = {s["status"]: s["default_on"] for s in catalogue["statuses"]}
+    expected = {s["stage"]: s["default_on"] for s in catalogue["stages"]}
     assert saved == {**expected, "processing": True}
 
 

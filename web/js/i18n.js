@@ -7,6 +7,7 @@ export const LANGUAGES = { en: 'English', de: 'Deutsch' };
 let lang = 'en';
 let strings = en;
 let statuses = new Map(); // status → { status, label, notifiable, default_on }
+let stages = []; // what one can choose to hear about: [{ status: stage, label, default_on }]
 let statusesLang = null;
 
 /** The saved choice, else the browser's first language we speak. */
@@ -35,13 +36,17 @@ export async function setLanguage(code) {
 export async function loadStatuses() {
   const wanted = lang;
   let found = null;
+  let moments = [];
   try {
-    found = new Map((await get(`/api/statuses?lang=${wanted}`)).data.statuses.map((s) => [s.status, s]));
+    const { data } = await get(`/api/statuses?lang=${wanted}`);
+    found = new Map(data.statuses.map((s) => [s.status, s]));
+    moments = (data.stages || []).map((s) => ({ ...s, status: s.stage }));
   } catch {
     if (statusesLang === wanted) return;
   }
   if (wanted !== lang) return; // the language changed meanwhile
   statuses = found || new Map();
+  stages = moments;
   statusesLang = found ? wanted : null;
 }
 
@@ -77,6 +82,10 @@ export function statusLabel(status, fallback) {
 
 /** Every status, in the catalogue's order: { status, label, notifiable, default_on }. */
 export const statusList = () => [...statuses.values()];
+
+/** The stages a customer can choose to hear about, in the catalogue's order: every status
+ * that notifies, and moments such as a partial delivery ({ status: stage, label, default_on }). */
+export const stageList = () => (stages.length ? stages : statusList().filter((s) => s.notifiable));
 
 export function formatDateTime(iso) {
   return new Intl.DateTimeFormat(lang, { dateStyle: 'medium', timeStyle: 'short' }).format(new Date(iso));

@@ -26,11 +26,19 @@ class StatusEntry(BaseModel):
     default_on: bool = Field(description="whether it notifies before preferences are saved")
 
 
+class StageEntry(BaseModel):
+    stage: str = Field(description="a status, or a moment such as partially_delivered")
+    label: str = Field(description="what the customer reads, in the answer's language")
+    default_on: bool = Field(description="whether it notifies before preferences are saved")
+
+
 class StatusCatalogue(BaseModel):
-    """Every status, in the order of the unified set, with its label."""
+    """Every status, in the order of the unified set, with its label; and every stage a
+    customer can choose to hear about, in the order settings list them."""
 
     language: str
     statuses: list[StatusEntry]
+    stages: list[StageEntry]
 
 
 @bp.get("/api/statuses")
@@ -64,6 +72,11 @@ def statuses() -> Any:
                 default_on=chosen.get(s.value, False),
             )
             for s in ALL_STATUSES
+        ],
+        stages=[
+            StageEntry(stage=stage, label=catalogue.stage_label(stage, lang), default_on=on)
+            for stage, on in chosen.items()
+            if stage in preferences.STAGES
         ],
     )
     response = jsonify(body.model_dump(mode="json"))

@@ -23,6 +23,7 @@ _PHRASES: dict[str, dict[str, str]] = {
         "shipped": "has shipped",
         "in_transit": "is on its way",
         "out_for_delivery": "is out for delivery",
+        "partially_delivered": "is partly delivered",
         "delivered": "has been delivered",
         "attempted": "could not be delivered",
         "available_for_pickup": "is ready for pickup",
@@ -36,6 +37,7 @@ _PHRASES: dict[str, dict[str, str]] = {
         "shipped": "wurde versendet",
         "in_transit": "ist unterwegs",
         "out_for_delivery": "ist in Zustellung",
+        "partially_delivered": "ist teilweise zugestellt",
         "delivered": "wurde zugestellt",
         "attempted": "konnte nicht zugestellt werden",
         "available_for_pickup": "liegt zur Abholung bereit",
@@ -52,6 +54,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "on": "arriving {date}",
         "from": "From {merchant}",
         "delivered": "Enjoy your order from {merchant}.",
+        "partially_delivered": "{merchant}: one package has arrived, the rest is on its way.",
         "attempted": "{merchant}: the carrier will try again or leave a note.",
         "pickup": "{merchant}: collect it with your ID.",
         "cancelled": "{merchant} has cancelled this order.",
@@ -66,6 +69,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "on": "kommt am {date}",
         "from": "Von {merchant}",
         "delivered": "Viel Freude mit deiner Bestellung von {merchant}.",
+        "partially_delivered": "{merchant}: Ein Paket ist angekommen, der Rest ist unterwegs.",
         "attempted": "{merchant}: Der Zusteller versucht es erneut.",
         "pickup": "{merchant}: Bitte mit Ausweis abholen.",
         "cancelled": "{merchant} hat diese Bestellung storniert.",
@@ -126,8 +130,8 @@ def message(facts: OrderFacts, *, language: str, now: datetime, timezone: str = 
     t = _TEXT[lang]
     phrase = _PHRASES[lang].get(facts.status, facts.status)
     title = t["title"].format(number=facts.number, phrase=phrase)
-    if facts.status == "delivered":
-        body = t["delivered"].format(merchant=facts.merchant)
+    if facts.status in ("delivered", "partially_delivered"):
+        body = t[facts.status].format(merchant=facts.merchant)
     elif facts.status == "attempted":
         body = t["attempted"].format(merchant=facts.merchant)
     elif facts.status == "available_for_pickup":

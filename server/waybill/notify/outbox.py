@@ -42,6 +42,10 @@ MAX_ATTEMPTS = 8  # then the row is dead-lettered (state "dead", with its last e
 
 log = logging.getLogger("waybill.notify")
 
+#: A change of this kind is one parcel delivered while the order goes on: it tells the stage
+#: ``partially_delivered``, not the order's status.
+PARCEL_DELIVERED = "parcel.delivered"
+
 
 def customer_preferences(customer: Customer) -> preferences.Preferences:
     return preferences.load(
@@ -76,7 +80,10 @@ def enqueue_change(
     session: Session, change: Change, order: Order, *, now: datetime | None = None
 ) -> int:
     """Queue what this change means for each destination; returns how many rows were written."""
-    if change.status_before == change.status_after:
+    stage = (
+        preferences.PARTIALLY_DELIVERED if change.kind == PARCEL_DELIVERED else change.status_after
+    )
+    if stage == change.status_before:
         return 0  # a second in_transit scan updates the timeline, not the phone
     now = now or utcnow()
     # The customer and whether they muted this order, in one read.
@@ -85,9 +92,7 @@ def enqueue_change(
         .outerjoin(OrderMute, col(OrderMute.order_id) == order.id)
         .where(col(Customer.id) == order.customer_id)
     ).first() or (None, None)
-    info = preferences.ChangeInfo(
-        order.id, change.status_after, change.status_before, mute is not None
-    )
+    info = preferences.ChangeInfo(order.id, stage, change.status_before, mute is not None)
     rows: list[OutboxMessage] = []
 
     # The customer's devices and the order's followers, in one read.
@@ -102,9 +107,9 @@ def enqueue_change(
         customer_endpoints = {sub.endpoint_hash for sub in own}
         if "push" in decision.channels:
             for sub in own:
-                rows.append(_row(change, order, "push", f"sub:{sub.id}", sub.id, due, now))
+                rows.append(_row(change, order, stage, "push", f"sub:{sub.id}", sub.id, due, now))
         if "email" in decision.channels:
-            rows.append(_row(change, order, "email", customer.email, None, due, now))
+            rows.append(_row(change, order, stage, "email", customer.email, None, due, now))
 
     anonymous = scopes[order_scope(order.id)]  # type: ignore[arg-type]
     if anonymous:
@@ -112,7 +117,7 @@ def enqueue_change(
         for sub in anonymous:
             live = sub.expires_at is None or sub.expires_at > now
             if "push" in decision.channels and live and sub.endpoint_hash not in customer_endpoints:
-                row = _row(change, order, "push", f"sub:{sub.id}", sub.id, now, now)
+                row = _row(change, order, stage, "push", f"sub:{sub.id}", sub.id, now, now)
                 row.customer_id = None
                 rows.append(row)
             sub.expires_at = anonymous_expiry(change.status_after, now)
@@ -134,6 +139,7 @@ def enqueue_change(
 def _row(
     change: Change,
     order: Order,
+    stage: str,
     channel: str,
     destination: str,
     subscription_id: int | None,
@@ -148,7 +154,7 @@ def _row(
         channel=channel,
         destination=destination,
         subscription_id=subscription_id,
-        status=change.status_after,
+        status=stage,  # what the message tells: the order's new status, or a partial delivery
         due_at=due,
         deadline=max(due, now) + (PUSH_DEADLINE if channel == "push" else EMAIL_DEADLINE),
         created_at=now,

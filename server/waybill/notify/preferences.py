@@ -15,12 +15,23 @@ from zoneinfo import ZoneInfo, available_timezones
 from waybill.tracking.statuses import ALL_STATUSES, Status
 
 CHANNELS: tuple[str, ...] = ("push", "email")
+#: One parcel of a split order delivered while another is still on its way: a moment to tell,
+#: though the order's own status (its least advanced parcel) stays as it was.
+PARTIALLY_DELIVERED = "partially_delivered"
+#: What a customer can choose to hear about, in the order screens list them: every status, and
+#: a partial delivery just before the delivery.
+STAGES: tuple[str, ...] = tuple(
+    stage
+    for s in ALL_STATUSES
+    for stage in ((PARTIALLY_DELIVERED, s.value) if s == Status.DELIVERED else (s.value,))
+)
 LANGUAGES: tuple[str, ...] = ("en", "de")
 #: Statuses on until a customer saves preferences (and for anonymous "notify me").
-DEFAULT_ON: frozenset[Status] = frozenset(
+DEFAULT_ON: frozenset[str] = frozenset(
     {
         Status.SHIPPED,
         Status.OUT_FOR_DELIVERY,
+        PARTIALLY_DELIVERED,
         Status.DELIVERED,
         Status.ATTEMPTED,
         Status.AVAILABLE_FOR_PICKUP,
@@ -54,7 +65,7 @@ class QuietHours:
 class Preferences:
     channels: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(CHANNELS, True))
     statuses: dict[str, bool] = field(
-        default_factory=lambda: {s.value: s in DEFAULT_ON for s in ALL_STATUSES}
+        default_factory=lambda: {stage: stage in DEFAULT_ON for stage in STAGES}
     )
     quiet_hours: QuietHours | None = None
     timezone: str = "UTC"
@@ -145,9 +156,8 @@ def parse(data: dict[str, Any], *, base: Preferences | None = None) -> Preferenc
     if not isinstance(raw_statuses, dict):
         errors["statuses"] = "must be an object of status: true|false"
     else:
-        known = {s.value for s in ALL_STATUSES}
         for name, on in raw_statuses.items():
-            if name not in known:
+            if name not in STAGES:
                 errors[f"statuses.{name}"] = "unknown status"
             elif not isinstance(on, bool):
                 errors[f"statuses.{name}"] = "must be true or false"

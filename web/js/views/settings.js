@@ -1,7 +1,7 @@
 // Settings: notification preferences (the contract's whole-object PUT), push devices, sign out.
 import { ApiError, get, request } from '../api.js';
 import { h } from '../dom.js';
-import { LANGUAGES, followCustomer, formatClock, language, saveLanguage, statusList, t } from '../i18n.js';
+import { LANGUAGES, followCustomer, formatClock, language, saveLanguage, stageList, t } from '../i18n.js';
 import { mountSettings } from '../passkeys.js';
 import { currentSubscription, pushSupported, subscribe, unsubscribe } from '../push.js';
 
@@ -77,7 +77,7 @@ function zoneField(chosen) {
 export function defaults() {
   return {
     channels: { push: true, email: true },
-    statuses: Object.fromEntries(statusList().map((s) => [s.status, s.default_on])),
+    statuses: Object.fromEntries(stageList().map((s) => [s.status, s.default_on])),
     quiet_hours: null,
     timezone: browserZone(),
     language: language(),
@@ -167,7 +167,7 @@ export async function render(app) {
 
   const quiet = prefs.quiet_hours;
   // The stages one can hear about, and their names, as the server's catalogue lists them.
-  const stages = statusList().filter((s) => s.notifiable);
+  const stages = stageList();
   const form = h('form', { id: 'preferences', novalidate: true },
     h('fieldset', {}, h('legend', { text: t('settings.channels') }),
       toggle('ch-push', t('settings.push'), prefs.channels.push),
