@@ -216,10 +216,10 @@ def postgres_reachable() -> str:
     return ""
 
 
-def make_postgres(tmp: Path) -> World:
+def make_postgres(tmp: Path, prefix: str = "bench_ingest") -> World:
     import sqlalchemy as sa
 
-    name = f"bench_ingest_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = sa.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -264,11 +264,17 @@ def prepare(world: World) -> None:
 
 
 def seed(
-    world: World, count: int, *, merchant: int | None = None, pool: deque[Parcel] | None = None
+    world: World,
+    count: int,
+    *,
+    merchant: int | None = None,
+    pool: deque[Parcel] | None = None,
+    orders_per_customer: int = 1,
 ) -> float:
-    """``count`` more orders (one customer, one shipped parcel each, as the API leaves them
-    after ``POST /orders`` and ``POST …/shipments``), bulk-inserted into ``pool`` (by default
-    the world's), spread over every merchant or all of ``merchant``. Returns the seconds."""
+    """``count`` more orders (one shipped parcel each, as the API leaves them after
+    ``POST /orders`` and ``POST …/shipments``; one customer per ``orders_per_customer``
+    consecutive orders), bulk-inserted into ``pool`` (by default the world's), spread over
+    every merchant or all of ``merchant``. Returns the seconds."""
     import sqlalchemy as sa
 
     from waybill.auth.tokens import new_tracking_token
@@ -277,7 +283,9 @@ def seed(
     started = time.perf_counter()
     engine = world.engine()
     now = datetime.now(UTC)
-    step = 2000
+    per = orders_per_customer
+    assert world.seeded % per == 0, "a customer's orders are seeded together"
+    step = max(1, 2000 // per) * per  # a chunk holds whole customers
     pool = world.pool if pool is None else pool
 
     def key_of(i: int) -> int:
@@ -287,14 +295,16 @@ def seed(
         for lo in range(world.seeded, world.seeded + count, step):
             idx = range(lo, min(world.seeded + count, lo + step))
             with engine.begin() as conn:
-                customer_ids = (
+                people = range(idx.start // per, -(-idx.stop // per))
+                by_person = (
                     conn.execute(
                         sa.insert(Customer).returning(Customer.id, sort_by_parameter_order=True),
-                        [{"email": f"ingest{i}@bench.example", "created_at": now} for i in idx],
+                        [{"email": f"ingest{c}@bench.example", "created_at": now} for c in people],
                     )
                     .scalars()
                     .all()
                 )
+                customer_ids = [by_person[i // per - people.start] for i in idx]
                 orders = []
                 for n, i in enumerate(idx):
                     _, sealed, token_hash = new_tracking_token(SECRET)
@@ -466,13 +476,17 @@ class Stream:
 
 
 class Server:
-    def __init__(self, world: World, log: Path) -> None:
+    """``waybill serve`` (or ``argv``, which takes the same ``--port`` and ``--workers``),
+    ready when ``ready_path`` answers 200."""
+
+    ready_path = "/api/openapi.json"
+
+    def __init__(self, world: World, log: Path, argv: list[str] | None = None) -> None:
         self.port = free_port()
         self.log = log
         self.proc = subprocess.Popen(
             [
-                str(Path(sys.executable).with_name("waybill")),
-                "serve",
+                *(argv or [str(Path(sys.executable).with_name("waybill")), "serve"]),
                 "--port",
                 str(self.port),
                 "--workers",
@@ -497,7 +511,7 @@ class Server:
             if len(workers) >= self.expected:
                 try:
                     with urllib.request.urlopen(
-                        f"http://{HOST}:{self.port}/api/openapi.json", timeout=5
+                        f"http://{HOST}:{self.port}{self.ready_path}", timeout=5
                     ) as r:
                         if r.status == 200:
                             self.workers = workers
@@ -602,15 +616,17 @@ class Phase:
 
 
 class Client:
-    """aiohttp, one session, CLIENTS keep-alive connections."""
+    """aiohttp, one session, up to ``connections`` keep-alive connections (by default the
+    single-event clients and the batch posters)."""
 
-    def __init__(self, port: int, keys: list[str]) -> None:
+    def __init__(self, port: int, keys: list[str], connections: int = 0) -> None:
         import aiohttp
 
         self.aiohttp = aiohttp
         self.base = f"http://{HOST}:{port}"
+        limit = connections or CLIENTS + BATCH_POSTERS
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CLIENTS + BATCH_POSTERS, keepalive_timeout=4),
+            connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=4),
             timeout=aiohttp.ClientTimeout(total=120),
         )
         self.headers = [
