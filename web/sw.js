@@ -13,6 +13,11 @@ const EXPECTED = [SHELL, API, META];
 // latest. Back online, the first 401 from any /api/me… request forgets them at once.
 const PERSONAL_MAX_AGE_MS = 7 * 24 * 3600 * 1000;
 const isPersonal = (url) => new URL(url).pathname.startsWith('/api/me');
+// Older events ("Show all" pages: …/events?before=) are read once and never kept, and at most
+// this many last answers are (the oldest go first): what is kept offline does not grow with
+// the orders' histories nor with every tracking link ever opened.
+const isEventPage = (url) => /\/events$/.test(new URL(url).pathname);
+const API_MAX_ENTRIES = 60;
 
 self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
@@ -51,6 +56,7 @@ self.addEventListener('fetch', (event) => {
     else if (isPersonal(request.url)) event.respondWith(forgetOn401(fetch(request)));
     return;
   }
+  if (isEventPage(request.url)) return; // the network's, as any request the worker leaves alone
   if (url.pathname.startsWith('/api/track/') || url.pathname.startsWith('/api/me') || url.pathname === '/api/statuses') {
     event.respondWith(networkFirst(request));
   } else if (request.mode === 'navigate' && APP_PAGES.some((page) => page.test(url.pathname))) {
@@ -70,6 +76,7 @@ async function networkFirst(request) {
       headers.set('X-Waybill-Stored-At', String(Date.now()));
       const body = await response.clone().arrayBuffer();
       await cache.put(request, new Response(body, { status: response.status, headers }));
+      await trim(cache);
     } else if (response.status === 401) {
       await forgetCustomer();
     }
@@ -83,6 +90,19 @@ async function networkFirst(request) {
     if (hit) return hit;
     throw err;
   }
+}
+
+/** Keep the API_MAX_ENTRIES most recently stored answers, and event pages an older version
+ * of this worker kept, never. */
+async function trim(cache) {
+  const kept = [];
+  for (const request of await cache.keys()) {
+    if (isEventPage(request.url)) { await cache.delete(request); continue; }
+    const hit = await cache.match(request);
+    kept.push([Number(hit?.headers.get('X-Waybill-Stored-At')) || 0, request]);
+  }
+  kept.sort((a, b) => b[0] - a[0]);
+  for (const [, request] of kept.slice(API_MAX_ENTRIES)) await cache.delete(request);
 }
 
 /** A kept personal answer past PERSONAL_MAX_AGE_MS (or stamped in the future: the clock was

@@ -184,3 +184,24 @@ def test_german_says_how_many(browser: Any, live_server: LiveServer) -> None:
         assert page.locator(".timeline li").count() == 200
     finally:
         context.close()
+
+
+KEPT_URLS = """async () => {
+  const cache = await caches.open('waybill-api');
+  return (await cache.keys()).map((request) => new URL(request.url).pathname);
+}"""
+
+
+def test_older_events_are_shown_but_never_kept_offline(phone: Any, live_server: LiveServer) -> None:
+    """What the service worker keeps for offline does not grow with an order's history: the
+    order's answer (its latest events) is kept, the "Show all" pages are not."""
+    order = long_order(live_server, "long-offline@example.com")
+    page = phone.new_page()
+    page.goto(f"{live_server.url}/t/{live_server.token_of(order)}")
+    wait_until(page, "() => navigator.serviceWorker.controller", "a worker in control")
+    page.reload()  # this load's answers go through the worker
+    page.get_by_role("button", name="Show all 200 events").click()
+    announced(page, "190 more events shown, 200 in all")
+    kept = page.evaluate(KEPT_URLS)
+    assert any(p == f"/api/track/{live_server.token_of(order)}" for p in kept), kept
+    assert not [p for p in kept if p.endswith("/events")], kept
