@@ -35,6 +35,8 @@ DEFAULT_LIMITS: dict[str, str] = {
     "sign_in_code_per_ip": "60/hour",
     "passkey_sign_in_per_ip": "120/hour",  # options and answer count together
     "tracking_wrong_token_per_ip": "20/minute;200/day",
+    "find_order_per_address": "5/hour",  # "find my order" mails, per address asked for
+    "find_order_per_ip": "30/hour",
     "merchant_api_per_key": "6000/minute",
 }
 _TRACKING_SCOPE = "tracking-token"

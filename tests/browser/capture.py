@@ -1,8 +1,12 @@
-"""Screenshots of every screen, phone and desktop, from a live server seeded with the demo data.
+"""Screenshots of every screen, phone and desktop, from a live server seeded with the demo data
+and, through the merchant API, a late order and a parcel waiting for pickup.
 
-``.venv/bin/python tests/browser/capture.py [OUT_DIR]`` writes ``<screen>-phone.png`` and
-``<screen>-desktop.png`` to OUT_DIR (default /tmp/waybill-screens) and refreshes the manifest's
-narrow and wide screenshots in web/icons/.
+``.venv/bin/python -m tests.browser.capture [OUT_DIR]`` writes ``<screen>-phone.png`` and
+``<screen>-desktop.png`` to OUT_DIR (default /tmp/waybill-screens) — sign-in, tracking, home,
+an order on its way, a split order (one parcel delivered, one on its way), a late order, a
+pickup and settings (quiet hours on) — then ``<screen>-phone-200-text.png`` for sign-in,
+home, the split order and settings with the browser's text size at 200%, and refreshes the
+manifest's narrow and wide screenshots in web/icons/.
 """
 
 from __future__ import annotations
@@ -10,14 +14,18 @@ from __future__ import annotations
 import sys
 import tempfile
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import sync_playwright
 from sqlmodel import select
 from werkzeug.serving import make_server
 
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.browser.test_text_size import big_text
 from tests.conftest import make_settings
+from tests.utils.factories import make_merchant
 from waybill import create_app
 from waybill.auth import login
 from waybill.auth.tokens import tracking_token
@@ -26,6 +34,60 @@ from waybill.demo import DEMO_EMAIL, seed
 from waybill.models import Order
 
 ICONS = Path(__file__).resolve().parents[2] / "web" / "icons"
+
+
+def seed_through_the_api(app: Any) -> dict[str, int]:
+    """A second shop's late order (its estimate two days past) and a parcel at a Packstation,
+    sent the way a shop sends them: the merchant API with its key. Their order ids."""
+    shop = make_merchant(app, app.test_client(), name="Nordlicht Home")
+    now = datetime.now(UTC)
+
+    def at(**delta: float) -> str:
+        return (now - timedelta(**delta)).isoformat()
+
+    def order(number: str, item: str, placed_days_ago: float) -> dict[str, Any]:
+        r = shop.post(
+            "/orders",
+            {
+                "external_id": number,
+                "customer": {"email": DEMO_EMAIL},
+                "items": [{"name": item, "quantity": 1}],
+                "placed_at": at(days=placed_days_ago),
+            },
+        )
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()  # type: ignore[no-any-return]
+
+    def scan(shipment: dict[str, Any], status: str, when: str, **fields: str) -> None:
+        r = shop.scan(shipment["id"], status, when, **fields)
+        assert r.status_code == 201, r.get_json()
+
+    late = order("NH-2041", "Linen lamp shade", 7)
+    parcel = shop.add_shipment(
+        late["id"],
+        carrier="DHL",
+        tracking_number="00340434161094042557",
+        estimated_delivery=at(days=2),
+    )
+    scan(parcel, "in_transit", at(days=5), location="Leipzig hub", description="Sorted")
+    scan(parcel, "in_transit", at(days=3), location="Kassel", description="In transit")
+
+    pickup = order("NH-2042", "Ceramic teapot", 4)
+    parcel = shop.add_shipment(
+        pickup["id"],
+        carrier="DHL",
+        tracking_number="00340434161094042564",
+        estimated_delivery=at(days=1),
+    )
+    scan(parcel, "in_transit", at(days=2), location="Leipzig hub", description="Sorted")
+    scan(
+        parcel,
+        "available_for_pickup",
+        at(hours=3),
+        location="Packstation 112, Berlin",
+        description="Collect within 7 days with the code from your email",
+    )
+    return {"late": late["id"], "pickup": pickup["id"]}
 
 
 def main(out: Path) -> None:
@@ -45,8 +107,11 @@ def main(out: Path) -> None:
                 (o for o in orders if o.status in ("in_transit", "out_for_delivery")), orders[0]
             )
             token, order_id = tracking_token(settings.secret_key, moving), moving.id
+            # The demo's order in two parcels: one delivered, one on its way.
+            split_id = next(o.id for o in orders if o.external_id == "1003")
         engine.dispose()
         app = create_app(settings)
+        seeded = seed_through_the_api(app)
 
         def sign_in(page: object) -> None:
             with session_scope(app.extensions["waybill.engine"]) as session:
@@ -59,14 +124,42 @@ def main(out: Path) -> None:
             page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
             page.wait_for_url(f"{url}/")  # type: ignore[attr-defined]
 
+        def quiet_hours_on(page: Any) -> None:
+            """Settings as a customer who holds notifications at night: the time fields show."""
+            page.goto(f"{url}/settings")
+            page.get_by_role("switch", name="Hold notifications at night").check()
+            page.locator("#preferences button[type=submit]").click()
+            page.locator("#settings-status").filter(has_text="saved").wait_for()
+
         server = make_server("127.0.0.1", port, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         screens = {
             "tracking": f"/t/{token}",
             "home": "/",
             "order": f"/orders/{order_id}",
+            "order-split": f"/orders/{split_id}",
+            "order-late": f"/orders/{seeded['late']}",
+            "order-pickup": f"/orders/{seeded['pickup']}",
             "settings": "/settings",
         }
+
+        def shoot(page: Any, path: str, file: Path) -> None:
+            page.goto(url + path)
+            page.locator("main h1").first.wait_for()
+            if path == "/settings":
+                page.locator("#session-list li").first.wait_for()  # the last part drawn
+            page.wait_for_timeout(300)  # the live badge settles; cosmetic only
+            whole_page(page, file)
+
+        def whole_page(page: Any, file: Path) -> None:
+            """The whole page in one picture. Not ``full_page=True``: that resets the font sizes
+            set over CDP to 16 px while it shoots, so a 200% text page would come out at 100%."""
+            viewport = page.viewport_size
+            height = page.evaluate("() => document.documentElement.scrollHeight")
+            page.set_viewport_size({"width": viewport["width"], "height": height})
+            page.screenshot(path=str(file))
+            page.set_viewport_size(viewport)
+
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -86,14 +179,27 @@ def main(out: Path) -> None:
                     page = context.new_page()
                     page.goto(f"{url}/sign-in")
                     page.locator("#email").wait_for()
-                    page.screenshot(path=str(out / f"sign-in-{kind}.png"), full_page=True)
+                    whole_page(page, out / f"sign-in-{kind}.png")
                     sign_in(page)
+                    quiet_hours_on(page)
                     for name, path in screens.items():
-                        page.goto(url + path)
-                        page.locator("main h1").first.wait_for()
-                        page.wait_for_timeout(300)  # the live badge settles; cosmetic only
-                        page.screenshot(path=str(out / f"{name}-{kind}.png"), full_page=True)
+                        shoot(page, path, out / f"{name}-{kind}.png")
                     context.close()
+                # The browser's text size at 200% on the phone; at scale 1, as the text is large.
+                context = browser.new_context(
+                    locale="en-GB",
+                    timezone_id="Europe/Berlin",
+                    **{**sizes["phone"], "device_scale_factor": 1},
+                )
+                page = context.new_page()
+                big_text(context, page)
+                page.goto(f"{url}/sign-in")
+                page.locator("#email").wait_for()
+                whole_page(page, out / "sign-in-phone-200-text.png")
+                sign_in(page)
+                for name in ("home", "order-split", "settings"):
+                    shoot(page, screens[name], out / f"{name}-phone-200-text.png")
+                context.close()
                 # The manifest's screenshots for the richer install dialog.
                 for name, size, path in (
                     ("screenshot-narrow.png", {"width": 360, "height": 740}, screens["tracking"]),

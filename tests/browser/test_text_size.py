@@ -1,6 +1,7 @@
-"""The home, order and tracking screens at a phone's 360 px with the browser's text size at 200%,
-and at page zoom 200% (180 CSS px), in English and German, light and dark: nothing scrolls
-sideways, the header keeps Waybill and Settings on screen, and no word breaks in the middle.
+"""The home, order, tracking, settings and sign-in screens at a phone's 360 px with the browser's
+text size at 200%, and at page zoom 200% (180 CSS px), in English and German, light and dark:
+nothing scrolls sideways or sticks out past the screen's edge, the header keeps Waybill and
+Settings on screen, and no word breaks in the middle.
 
 The text size is set the way the browser's own setting sets it: Chromium's default font size
 (``Page.setFontSizes``, what Settings › Appearance › Font size changes), 16 px → 32 px. Unlike
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import LiveServer, sign_in
+from tests.browser.test_screens import api, push_subscription
+from tests.browser.test_settings_screens import save_preferences
 from tests.browser.test_truthful_screens import ago, order_with
 
 pytestmark = pytest.mark.browser
@@ -54,7 +57,37 @@ _HEADER = """() => {
       brand.getBoundingClientRect().height < 2 * parseFloat(getComputedStyle(brand).lineHeight),
     brandInside: inside(brand),
     settingsInside: settings.hidden || inside(settings),
+    // Above the screen until focused, however many lines "Zum Inhalt springen" wraps to.
+    skipAbove: document.querySelector('.skip').getBoundingClientRect().bottom <= 0,
     barWidth: bar.width,
+  };
+}"""
+
+
+# Every element whose box reaches past the viewport's edge: what a reader would have to scroll
+# sideways to see even where the page itself is kept from scrolling.
+_PAST_THE_EDGE = """() => [...document.body.querySelectorAll('*')]
+  .filter((el) => !el.closest('.visually-hidden, .skip, [hidden], option, optgroup'))
+  .map((el) => [el, el.getBoundingClientRect()])
+  .filter(([, r]) => r.width > 0 && (r.right > innerWidth + 0.5 || r.left < -0.5))
+  .map(([el, r]) => `${el.tagName.toLowerCase()}#${el.id}.${el.className} ${r.right}`)"""
+
+
+# Settings' rows and boxes as a reader sees them: every switch at the end of its row (never
+# under the start of its words), every legend inside its box (never across its border).
+_SETTINGS_LAYOUT = """() => {
+  const box = (el) => el.getBoundingClientRect();
+  return {
+    switchesNotAtTheEnd: [...document.querySelectorAll('.switch')]
+      .filter((row) => {
+        const input = row.querySelector('input');
+        const end = box(input).right + parseFloat(getComputedStyle(input).marginRight);
+        return Math.abs(end - box(row).right) > 1;
+      })
+      .map((row) => row.textContent),
+    legendsAcrossTheBorder: [...document.querySelectorAll('fieldset > legend')]
+      .filter((legend) => box(legend).top < box(legend.parentElement).top + 1)
+      .map((legend) => legend.textContent),
   };
 }"""
 
@@ -71,8 +104,9 @@ def check(page: Any, name: str, *, whole_words: bool = True) -> None:
     page.wait_for_timeout(100)
     widths = page.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
     assert widths[0] <= widths[1], f"{name} scrolls sideways: {widths}"
+    assert page.evaluate(_PAST_THE_EDGE) == [], f"{name}: past the edge of {widths[1]} px"
     header = page.evaluate(_HEADER)
-    assert header["brandOneLine"] and header["brandInside"] and header["settingsInside"], (
+    assert all(header[k] for k in ("brandOneLine", "brandInside", "settingsInside", "skipAbove")), (
         f"{name} header: {header}"
     )
     if whole_words:
@@ -155,6 +189,87 @@ def test_page_zoom_200_percent_180_css_px(
             page.goto(live_server.url + path)
             # 180 px is narrower than WCAG's 320: a long German word may break, never overflow.
             check(page, name, whole_words=False)
+    finally:
+        context.close()
+
+
+def account_screens(
+    context: Any, page: Any, server: LiveServer, email: str, **check_options: Any
+) -> None:
+    """Settings with everything it can show (quiet hours on, so the time fields are there; a push
+    device; a second signed-in browser), then, signed out, both steps of sign-in."""
+    server.order_in_transit(email=email)
+    other = context.browser.new_context()  # a second signed-in browser, listed with "Sign out"
+    sign_in(other, server, email)
+    other.close()
+    sign_in(context, server, email)
+    # Saved as a whole object: the browser's language too, else the server's default is saved.
+    language = page.evaluate("() => navigator.language.slice(0, 2)")
+    quiet = {"start": "22:00", "end": "07:00"}
+    save_preferences(context, server, quiet_hours=quiet, language=language)
+    added = api(context, server, "POST", "/api/me/push-subscriptions", push_subscription(server))
+    assert added.status == 201, added.text()
+
+    page.goto(server.url + "/settings")
+    page.locator("#devices li.device").wait_for()
+    page.locator("#session-list li button").wait_for()  # the other session's "Sign out"
+    page.locator("#passkey-list li").wait_for()
+    assert page.locator("#quiet-start").is_visible() and page.locator("#quiet-end").is_visible()
+    check(page, "settings", **check_options)
+    assert page.evaluate("() => document.documentElement.lang") == language
+    assert page.evaluate(_SETTINGS_LAYOUT) == {
+        "switchesNotAtTheEnd": [],
+        "legendsAcrossTheBorder": [],
+    }
+
+    context.clear_cookies()
+    page.goto(server.url + "/sign-in")
+    page.locator("#email").wait_for()
+    check(page, "sign-in", **check_options)
+    page.locator("#email").fill(email)
+    page.locator("form button[type=submit]").click()
+    page.locator("#code").wait_for()
+    check(page, "sign-in code", **check_options)
+
+
+@pytest.mark.parametrize(
+    ("locale", "scheme"), [("en-GB", "light"), ("de-DE", "dark")], ids=["en-light", "de-dark"]
+)
+def test_settings_and_sign_in_at_200_percent_text_at_360_px(
+    browser: Any, live_server: LiveServer, locale: str, scheme: str
+) -> None:
+    context = browser.new_context(
+        viewport={"width": 360, "height": 740},
+        locale=locale,
+        color_scheme=scheme,
+        timezone_id="Europe/Berlin",
+    )
+    try:
+        page = context.new_page()
+        big_text(context, page)
+        account_screens(context, page, live_server, f"bigtext-settings-{locale}@example.com")
+        assert page.evaluate("() => getComputedStyle(document.documentElement).fontSize") == "32px"
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize(
+    ("locale", "scheme"), [("en-GB", "dark"), ("de-DE", "light")], ids=["en-dark", "de-light"]
+)
+def test_settings_and_sign_in_at_page_zoom_200_percent_180_css_px(
+    browser: Any, live_server: LiveServer, locale: str, scheme: str
+) -> None:
+    context = browser.new_context(
+        viewport={"width": 180, "height": 370},
+        locale=locale,
+        color_scheme=scheme,
+        timezone_id="Europe/Berlin",
+    )
+    try:
+        page = context.new_page()
+        email = f"zoom-settings-{locale}@example.com"
+        # 180 px is narrower than WCAG's 320: a long German word may break, never overflow.
+        account_screens(context, page, live_server, email, whole_words=False)
     finally:
         context.close()
 

@@ -7,6 +7,7 @@ export class ApiError extends Error {
     super(body?.error?.message || `HTTP ${status}`);
     this.status = status;
     this.code = body?.error?.code;
+    this.fields = body?.error?.fields || {}; // which values a 422 refused
   }
 }
 
@@ -40,3 +41,7 @@ export async function me() {
     throw err;
   }
 }
+
+/** "Find my order": the server mails the order's tracking link to `email` if the order is
+ * theirs, and answers the same (202) either way. */
+export const findOrder = (email, orderNumber) => request('POST', '/api/track/find', { email, order_number: orderNumber });

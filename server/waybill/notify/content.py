@@ -185,3 +185,62 @@ def email_parts(
         f'<a href="{e(unsubscribe_url)}">{e(t["unsubscribe"])}</a></p></body></html>'
     )
     return text, markup
+
+
+# --- "find my order": the mail with an order's tracking link -------------------------------
+
+_FOUND: dict[str, dict[str, str]] = {
+    "en": {
+        "subject": "Your tracking link for order {number}",
+        "subject_many": "Your tracking links for order {number}",
+        "intro": "You asked for the tracking link of order {number}. Here it is:",
+        "intro_many": "You asked for the tracking link of order {number}. "
+        "{count} of your orders have that number:",
+        "order": "Order {number} {phrase}",
+        "note": "We sent this link only to you. If you did not ask for it, ignore this email.",
+    },
+    "de": {
+        "subject": "Dein Sendungslink für Bestellung {number}",
+        "subject_many": "Deine Sendungslinks für Bestellung {number}",
+        "intro": "Du hast den Sendungslink für Bestellung {number} angefordert. Hier ist er:",
+        "intro_many": "Du hast den Sendungslink für Bestellung {number} angefordert. "
+        "{count} deiner Bestellungen haben diese Nummer:",
+        "order": "Bestellung {number} {phrase}",
+        "note": "Wir haben diesen Link nur an dich geschickt. Wenn du ihn nicht angefordert "
+        "hast, ignoriere diese E-Mail einfach.",
+    },
+}
+
+
+def found_orders_mail(orders: list[OrderFacts], *, language: str) -> tuple[str, str, str]:
+    """The subject, plain text and HTML of the answer to "find my order": each order the number
+    matched, with where it is and its tracking link."""
+    lang = _lang(language)
+    t, words = _TEXT[lang], _FOUND[lang]
+    many = len(orders) > 1
+    number = orders[0].number
+    subject = words["subject_many" if many else "subject"].format(number=number)
+    intro = words["intro_many" if many else "intro"].format(number=number, count=len(orders))
+    # As the PWA writes it, without a "#" of our own: the shop's number may carry one.
+    titles = [
+        words["order"].format(number=o.number, phrase=_PHRASES[lang].get(o.status, o.status))
+        for o in orders
+    ]
+    blocks = [
+        f"{title}\n{t['from'].format(merchant=o.merchant)}\n{t['track']}: {o.url}"
+        for title, o in zip(titles, orders, strict=True)
+    ]
+    text = f"{intro}\n\n" + "\n\n".join(blocks) + f"\n\n--\n{words['note']}\n"
+    e = html.escape
+    items = "".join(
+        f'<li style="margin:0 0 1em"><strong>{e(title)}</strong><br>'
+        f"{e(t['from'].format(merchant=o.merchant))}<br>"
+        f'<a href="{e(o.url)}">{e(t["track"])}</a></li>'
+        for title, o in zip(titles, orders, strict=True)
+    )
+    markup = (
+        f'<!doctype html><html lang="{lang}"><body style="font-family:sans-serif">'
+        f'<p>{e(intro)}</p><ul style="padding-left:1.2em">{items}</ul>'
+        f'<hr><p style="font-size:.85em;color:#555">{e(words["note"])}</p></body></html>'
+    )
+    return subject, text, markup

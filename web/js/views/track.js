@@ -1,5 +1,5 @@
 // The tracking page /t/<token> (no account) and the order detail /orders/<id> (signed in).
-import { ApiError, get, request } from '../api.js';
+import { ApiError, findOrder, get, request } from '../api.js';
 import { h } from '../dom.js';
 import { t } from '../i18n.js';
 import { pushSupported, subscribe } from '../push.js';
@@ -50,12 +50,97 @@ function muteSwitch(orderId) {
   return h('label', { class: 'switch', for: 'mute-order' }, h('span', { text: t('order.mute') }), input);
 }
 
+/** A wrong tracking link is no dead end: sign in (or go to all the orders), or have the
+ * order's link mailed by its number and the address it was placed with. */
+function lostPage(app, accountLink) {
+  const alive = app.alive();
+  const error = h('p', { class: 'error', role: 'alert', id: 'find-error' });
+  const number = h('input', {
+    id: 'find-number', name: 'order_number', autocomplete: 'off', spellcheck: 'false', maxlength: '200',
+    required: true, 'aria-describedby': 'find-error',
+  });
+  const email = h('input', {
+    id: 'find-email', name: 'email', type: 'email', autocomplete: 'email', maxlength: '320',
+    required: true, 'aria-describedby': 'find-error',
+  });
+  const send = h('button', { type: 'submit', class: 'primary', text: t('find.send') });
+  let sending = false; // not `disabled`: that would take the focus off the button
+  const form = h('form', { class: 'card find-order', id: 'find-order', novalidate: true, 'aria-labelledby': 'find-h' },
+    h('h2', { id: 'find-h', text: t('find.title') }),
+    h('p', { id: 'find-intro', text: t('find.intro') }),
+    h('div', { class: 'field' }, h('label', { for: 'find-number', text: t('find.number') }), number),
+    h('div', { class: 'field' }, h('label', { for: 'find-email', text: t('find.email') }), email),
+    error,
+    h('div', { class: 'actions' }, send));
+  // Signed in: the address is most likely the account's.
+  app.signedIn.then((customer) => { if (alive() && customer && !email.value) email.value = customer.email; });
+
+  /** Say what is wrong, mark the field that is (if one is) and put the cursor there. */
+  const refuse = (key, input = null) => {
+    error.textContent = t(key);
+    input?.setAttribute('aria-invalid', 'true');
+    input?.focus();
+  };
+
+  /** The same words whether or not the order exists: the server does not tell either. */
+  const sent = (address) => {
+    const note = h('p', { id: 'find-sent', tabindex: '-1', text: t('find.sent', { email: address }) });
+    const again = h('button', { type: 'button', text: t('find.another') });
+    const done = h('section', { class: 'card find-order', id: 'find-order', 'aria-labelledby': 'find-h' },
+      h('h2', { id: 'find-h', text: t('find.sentTitle') }), note, h('div', { class: 'actions' }, again));
+    again.addEventListener('click', () => {
+      number.value = '';
+      done.replaceWith(form);
+      number.focus();
+    });
+    form.replaceWith(done);
+    note.focus();
+  };
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    if (sending) return;
+    error.textContent = '';
+    number.removeAttribute('aria-invalid');
+    email.removeAttribute('aria-invalid');
+    const orderNumber = number.value.trim();
+    const address = email.value.trim();
+    if (!orderNumber) return refuse('find.badNumber', number);
+    if (!address || !email.checkValidity()) return refuse('find.badEmail', email);
+    sending = true;
+    send.setAttribute('aria-busy', 'true');
+    try {
+      await findOrder(address, orderNumber);
+      if (alive()) sent(address);
+    } catch (err) {
+      if (!alive()) return;
+      const status = err instanceof ApiError ? err.status : 0;
+      if (status === 422) {
+        if (err.fields.order_number) refuse('find.badNumber', number);
+        else refuse('find.badEmail', email);
+      } else refuse(status === 429 ? 'find.tooMany' : 'find.failed');
+    } finally {
+      sending = false;
+      send.removeAttribute('aria-busy');
+    }
+  });
+
+  document.title = `${t('lost.title')} · Waybill`;
+  app.show(
+    h('section', { class: 'card', 'aria-labelledby': 'lost-h' },
+      h('h1', { id: 'lost-h', text: t('lost.title') }),
+      h('p', { text: t('lost.body') }),
+      h('p', { class: 'link-row' }, accountLink())),
+    form);
+}
+
 /** A sentence about `n` things: the key's `.one` form for one, the key itself for more. */
 const counted = (key, n, vars = {}) => t(n === 1 ? `${key}.one` : key, { ...vars, n });
 
 export async function render(app, { token, orderId }) {
   const path = token ? `/api/track/${encodeURIComponent(token)}` : `/api/me/orders/${orderId}`;
   let current = null;
+  let lost = false; // a wrong tracking link, its page shown
   const alive = app.alive();
   const mute = orderId ? muteSwitch(orderId) : null;
 
@@ -165,6 +250,12 @@ export async function render(app, { token, orderId }) {
       if (!alive()) return;
       if (err instanceof ApiError && err.status === 401 && !token) return app.go('/sign-in');
       const missing = err instanceof ApiError && err.status === 404;
+      if (missing && token) {
+        // Drawn once: a refresh (the service worker taking over) keeps what is typed there.
+        if (!lost) lostPage(app, accountLink);
+        lost = true;
+        return;
+      }
       app.show(h('section', { class: 'card' },
         h('h1', { text: missing ? t('order.notFound') : t('order.loadFailed') }),
         missing ? null : h('button', { type: 'button', onclick: load, text: t('order.retry') })));
