@@ -13,8 +13,9 @@ import base64
 import functools
 import re
 import struct
-from collections import defaultdict
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -289,6 +290,57 @@ def render_orders(
         else:
             out.append(OrderPublic(**fields))
     return out
+
+
+_CUSTOMER_CURSOR = sa.select(sa.func.max(col(Change.id))).where(
+    col(Change.customer_id) == sa.bindparam("customer_id")
+)
+_ORDER_CURSOR = sa.select(sa.func.max(col(Change.id))).where(
+    col(Change.order_id) == sa.bindparam("order_id")
+)
+
+
+def customer_cursor(session: Session, customer_id: int) -> int:
+    """The latest change of any of the customer's orders (0 when none): every change of what
+    their order list shows writes one (``ingest``), so an answer rendered at this cursor is
+    the answer until it moves."""
+    return session.connection().scalar(_CUSTOMER_CURSOR, {"customer_id": customer_id}) or 0
+
+
+def order_cursor(session: Session, order_id: int) -> int:
+    """The latest change of one order (0 when none): see :func:`customer_cursor`."""
+    return session.connection().scalar(_ORDER_CURSOR, {"order_id": order_id}) or 0
+
+
+class AnswerCache:
+    """The latest rendered answer per reader (a key such as the customer and language), with
+    the cursor it was rendered at: opening the app again before anything changed costs one
+    indexed read instead of a render. A newer cursor replaces the entry; at most ``size``
+    entries are kept, the least recently read going first. Shared by a worker's greenlets and
+    threads (a lock around the dictionary, never around a render)."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._size = size
+        self._entries: OrderedDict[Hashable, tuple[int, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, cursor: int) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != cursor:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: Hashable, cursor: int, body: bytes) -> None:
+        with self._lock:
+            held = self._entries.get(key)
+            if held is not None and held[0] > cursor:
+                return  # a reader that began later rendered a newer answer already
+            self._entries[key] = (cursor, body)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 def render_order(session: Session, order: Order, **kwargs: object) -> OrderPublic:

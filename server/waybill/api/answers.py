@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from flask import current_app, request
+from flask import Response, current_app, json, request
 
 from waybill import catalogue
 from waybill.db import get_session
 from waybill.models import Order, OrderPublic
-from waybill.orders import render_orders
+from waybill.orders import AnswerCache, render_orders
 
 
 def rendered_orders(
@@ -32,6 +32,18 @@ def order_json(order: Order, *, language: str = "en", merchant_view: bool = Fals
     return rendered_orders([order], language=language, merchant_view=merchant_view)[0].model_dump(
         mode="json"
     )
+
+
+def cached_json(key: Hashable, cursor: int, render: Callable[[], Any]) -> Response:
+    """A JSON answer that depends on nothing but what the change log's ``cursor`` stands for
+    (and ``key``): served from the app's :class:`AnswerCache` while the cursor has not moved,
+    else rendered and kept."""
+    cache: AnswerCache = current_app.extensions.setdefault("waybill.answers", AnswerCache())
+    body = cache.get(key, cursor)
+    if body is None:
+        body = json.dumps(render()).encode()
+        cache.put(key, cursor, body)
+    return current_app.response_class(body, mimetype="application/json")
 
 
 def browser_language() -> str:

@@ -9,12 +9,12 @@ from sqlmodel import select
 
 from waybill.api import events
 from waybill.api.access import owned_or_404
-from waybill.api.answers import order_json, rendered_orders
+from waybill.api.answers import cached_json, order_json, rendered_orders
 from waybill.api.spec import operation
 from waybill.auth import sessions
 from waybill.db import get_session
 from waybill.models import Me, Order, OrderList, OrderPublic
-from waybill.orders import language_of, saved_language
+from waybill.orders import customer_cursor, language_of, order_cursor, saved_language
 
 bp = Blueprint("customer_api", __name__, url_prefix="/api/me")
 
@@ -51,13 +51,20 @@ def me() -> Any:
 def my_orders() -> Any:
     customer = sessions.require_signed_in()
     db = get_session()
-    orders = list(
-        db.exec(
-            select(Order).where(Order.customer_id == customer.id).order_by(Order.id.desc())  # type: ignore[union-attr]
+    language = language_of(customer)
+
+    def render() -> Any:
+        orders = list(
+            db.exec(
+                select(Order).where(Order.customer_id == customer.id).order_by(Order.id.desc())  # type: ignore[union-attr]
+            )
         )
-    )
-    rendered = rendered_orders(orders, language=language_of(customer))
-    return jsonify(orders=[o.model_dump(mode="json") for o in rendered])
+        rendered = rendered_orders(orders, language=language)
+        return {"orders": [o.model_dump(mode="json") for o in rendered]}
+
+    # Opening the app again is the most frequent request there is, and usually nothing changed.
+    key = ("orders", customer.id, language)
+    return cached_json(key, customer_cursor(db, customer.id), render)  # type: ignore[arg-type]
 
 
 @bp.get("/orders/<int:order_id>")
@@ -71,7 +78,12 @@ def my_order(order_id: int) -> Any:
     customer = sessions.require_signed_in()
     db = get_session()
     order = owned_or_404(db, Order, order_id, "order", customer_id=customer.id)
-    return jsonify(order_json(order, language=language_of(customer)))
+    language = language_of(customer)
+    return cached_json(
+        ("order", order_id, language),
+        order_cursor(db, order_id),
+        lambda: order_json(order, language=language),
+    )
 
 
 @bp.get("/orders/<int:order_id>/events")

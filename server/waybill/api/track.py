@@ -7,11 +7,11 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from waybill.api import events
-from waybill.api.answers import browser_language, order_json
+from waybill.api.answers import browser_language, cached_json, order_json
 from waybill.api.spec import operation
 from waybill.db import get_session
 from waybill.models import OrderPublic
-from waybill.orders import tracked_order
+from waybill.orders import order_cursor, tracked_order
 
 bp = Blueprint("track_api", __name__)
 
@@ -21,7 +21,13 @@ bp = Blueprint("track_api", __name__)
 def track(token: str) -> Any:
     # No one is signed in: the labels speak the browser's first language we have.
     language = browser_language()
-    return jsonify(order_json(tracked_order(get_session(), token), language=language))
+    db = get_session()
+    order = tracked_order(db, token)
+    return cached_json(
+        ("order", order.id, language),
+        order_cursor(db, order.id),  # type: ignore[arg-type]
+        lambda: order_json(order, language=language),
+    )
 
 
 @bp.get("/api/track/<token>/events")
