@@ -2,8 +2,10 @@
 settings as ``waybill serve``, with no database work at all.
 
 ``GET /ws?c=<customer>`` registers a socket (flask-sock's usual receive loop, ping every 25 s);
-``POST /publish`` ``{"c": customer}`` sends that customer's sockets an ``order.updated`` frame
-of the same size as Waybill's, with ``ws.send``, and answers ``{"cursor": n}``.
+``POST /publish`` ``{"c": customer, "status": s, "size": bytes}`` sends that customer's sockets
+an ``order.updated`` frame with that order status, padded to ``size`` bytes (bench/live.py
+passes the size of Waybill's frames; without it, about one rendered order), with ``ws.send``,
+and answers ``{"cursor": n}``.
 
 Run: ``python bench/baseline_ws.py --port 8001`` (one worker).
 """
@@ -76,11 +78,14 @@ def create_app() -> Flask:
 
     @app.post("/publish")
     def publish() -> Any:
-        customer = int(request.get_json()["c"])
+        body = request.get_json()
+        customer = int(body["c"])
         n = next(cursor)
-        frame = json.dumps(
-            {"type": "order.updated", "cursor": n, "order": {**ORDER, "id": customer}}
-        )
+        order = {**ORDER, "id": customer, "status": body.get("status", ORDER["status"])}
+        frame = json.dumps({"type": "order.updated", "cursor": n, "order": order})
+        if len(frame) < int(body.get("size") or 0):  # as large as the server's own frames
+            order["padding"] = "x" * (int(body["size"]) - len(frame) - 15)
+            frame = json.dumps({"type": "order.updated", "cursor": n, "order": order})
         with lock:
             targets = list(clients.get(customer, ()))
         for ws in targets:
