@@ -291,6 +291,7 @@ def record_shipment_event(
         data.location,
         data.description,
         source,
+        pickup_until=data.pickup_until,
     )
 
 
@@ -304,8 +305,11 @@ def _record(
     location: str | None,
     description: str | None,
     source: str,
+    *,
+    pickup_until: datetime | None = None,
 ) -> bool:
-    """Record one event; False when it was seen before (nothing changes then)."""
+    """Record one event; False when it was seen before (nothing changes then, the pickup
+    deadline neither: a carrier that extends it sends a new scan)."""
     _lock(session, order, shipment)
     key = dedupe_key(
         shipment_id=shipment.id if shipment else None,
@@ -366,12 +370,31 @@ def _record(
             else fold(_timeline(session, order, shipment.id), start=Status.SHIPPED)
             or Status.SHIPPED
         )
-        if shipment.status != folded:
-            parcel_delivered = folded == Status.DELIVERED
+        until = _pickup_until(shipment, folded, entry, comes_last, pickup_until)
+        if shipment.status != folded or shipment.pickup_until != until:
+            parcel_delivered = shipment.status != folded and folded == Status.DELIVERED
             shipment.status = folded
+            shipment.pickup_until = until
             session.add(shipment)
     _recompute(session, order, "event.recorded", own=own, parcel_delivered=parcel_delivered)
     return True
+
+
+def _pickup_until(
+    shipment: Shipment,
+    folded: Status,
+    entry: TimelineEntry,
+    comes_last: bool,
+    given: datetime | None,
+) -> datetime | None:
+    """Until when the parcel waits to be collected once ``entry`` is recorded: the deadline
+    the newest pickup scan gave (a later pickup scan without one keeps it); none once the
+    parcel has moved on (collected, returned, back in transit)."""
+    if folded != Status.AVAILABLE_FOR_PICKUP:
+        return None
+    if comes_last and entry.status == Status.AVAILABLE_FOR_PICKUP and given is not None:
+        return given
+    return shipment.pickup_until
 
 
 def _in_timeline(shipment_id: int | None) -> Any:
@@ -531,5 +554,5 @@ def record_events(
     return outcomes
 
 
-_SHIPMENT_EVENT = {"status", "occurred_at", "event_id", "location", "description"}
+_SHIPMENT_EVENT = {"status", "occurred_at", "event_id", "location", "description", "pickup_until"}
 _ORDER_EVENT = {"status", "occurred_at", "event_id", "description"}

@@ -259,6 +259,7 @@ def render_orders(
                     status=s.status,
                     status_label=label(s.status, language),
                     estimated_delivery=s.estimated_delivery,
+                    pickup_until=s.pickup_until,
                     **_timeline_fields(
                         events[(order.id, s.id)],  # type: ignore[index]
                         totals.get((order.id, s.id), 0),  # type: ignore[arg-type]

@@ -86,6 +86,7 @@ def seed_through_the_api(app: Any) -> dict[str, int]:
         at(hours=3),
         location="Packstation 112, Berlin",
         description="Collect within 7 days with the code from your email",
+        pickup_until=at(days=-7),
     )
     return {"late": late["id"], "pickup": pickup["id"]}
 

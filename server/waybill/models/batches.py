@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field as Constraint
-from pydantic import StringConstraints, model_validator
+from pydantic import StringConstraints, ValidationInfo, field_validator, model_validator
 from sqlmodel import SQLModel
 
+from waybill.models.orders import PICKUP_UNTIL_DOC, check_pickup_until
 from waybill.models.types import Instant, StatusName, Strict, Text100, Text200
 
 MAX_BATCH = 1000
@@ -31,6 +33,14 @@ class EventBatchItem(Strict):
     event_id: Text200 | None = None
     location: Annotated[str, StringConstraints(max_length=200)] | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    pickup_until: Instant | None = Constraint(default=None, description=PICKUP_UNTIL_DOC)
+
+    @field_validator("pickup_until")
+    @classmethod
+    def _only_while_waiting(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is not None and info.data.get("order_id") is not None:
+            raise ValueError("only with a shipment's event")
+        return check_pickup_until(value, info)
 
     @model_validator(mode="after")
     def _one_target(self) -> EventBatchItem:
@@ -50,9 +60,9 @@ class EventBatchItem(Strict):
 class EventBatchBody(Strict):
     """Up to 1,000 events, each an object with ``status`` and ``order_id``, or
     ``shipment_id``, or ``carrier`` and ``tracking_number``; ``occurred_at`` (required for a
-    shipment's event), ``event_id``, ``location``, ``description`` as for a single event. Each
-    is validated on its own: one that is not valid is answered 422 at its index, and the
-    others are recorded."""
+    shipment's event), ``event_id``, ``location``, ``description`` and ``pickup_until`` (a
+    shipment's, with ``available_for_pickup``) as for a single event. Each is validated on its
+    own: one that is not valid is answered 422 at its index, and the others are recorded."""
 
     # More than MAX_BATCH is a body too large (413), not an invalid one: checked by the route.
     events: list[dict[str, Any]] = Constraint(

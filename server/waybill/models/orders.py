@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AwareDatetime, StringConstraints
+from pydantic import AwareDatetime, StringConstraints, ValidationInfo, field_validator
 from sqlmodel import JSON, Column, Field, SQLModel
 
 from waybill.models.customers import CustomerIn, CustomerPublic
@@ -67,6 +67,9 @@ class Shipment(SQLModel, table=True):
     service: str | None = Field(default=None, max_length=100)
     status: str = Field(default="shipped", max_length=32)
     estimated_delivery: datetime | None = ts(nullable=True)
+    # Until when the parcel waits at its pickup point: set by the newest available_for_pickup
+    # event that says so, cleared once the parcel moves on (see ingest._pickup_until).
+    pickup_until: datetime | None = ts(nullable=True)
     created_at: datetime = created()
 
     @staticmethod
@@ -169,6 +172,27 @@ class ShipmentUpdate(Strict):
     estimated_delivery: Instant | None = None
 
 
+PICKUP_STATUS = "available_for_pickup"
+PICKUP_UNTIL_DOC = (
+    "Until when the parcel waits at its pickup point (the event's `location`); only with "
+    "status `available_for_pickup`, and not before `occurred_at`."
+)
+
+
+def check_pickup_until(value: datetime | None, info: ValidationInfo) -> datetime | None:
+    """A pickup deadline belongs to a parcel that waits to be collected, and ends after the
+    scan that says so: another status with one, or one before ``occurred_at``, is refused."""
+    if value is None:
+        return None
+    status = info.data.get("status")
+    if status is not None and status != PICKUP_STATUS:
+        raise ValueError(f"only with status {PICKUP_STATUS}")
+    occurred_at = info.data.get("occurred_at")
+    if occurred_at is not None and value < occurred_at:
+        raise ValueError("must not be before occurred_at")
+    return value
+
+
 class ShipmentEventCreate(Strict):
     """A carrier scan or status change of one shipment."""
 
@@ -177,6 +201,12 @@ class ShipmentEventCreate(Strict):
     event_id: Text200 | None = None
     location: Annotated[str, StringConstraints(max_length=200)] | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    pickup_until: Instant | None = Field(default=None, description=PICKUP_UNTIL_DOC)
+
+    @field_validator("pickup_until")
+    @classmethod
+    def _only_while_waiting(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return check_pickup_until(value, info)
 
 
 # --- out ------------------------------------------------------------------------------------
@@ -211,6 +241,8 @@ class ShipmentPublic(SQLModel):
     status: StatusName
     status_label: str
     estimated_delivery: AwareDatetime | None
+    # until when it waits at its pickup point, while it does (status available_for_pickup)
+    pickup_until: AwareDatetime | None
     events: list[EventPublic]  # the latest EVENTS_SHOWN (50), oldest first
     events_total: int = Field(ge=0)  # how many events this shipment has in all
     events_before: EventCursor | None  # the cursor to the older ones; null when none left out

@@ -57,6 +57,8 @@ _TEXT: dict[str, dict[str, str]] = {
         "partially_delivered": "{merchant}: one package has arrived, the rest is on its way.",
         "attempted": "{merchant}: the carrier will try again or leave a note.",
         "pickup": "{merchant}: collect it with your ID.",
+        "pickup_by": "{merchant}: collect it with your ID by {deadline}.",
+        "pickup_over": "{merchant}: the pickup period ended {deadline}.",
         "cancelled": "{merchant} has cancelled this order.",
         "track": "Track your order",
         "why": "You get this email because you follow this order on Waybill.",
@@ -72,6 +74,8 @@ _TEXT: dict[str, dict[str, str]] = {
         "partially_delivered": "{merchant}: Ein Paket ist angekommen, der Rest ist unterwegs.",
         "attempted": "{merchant}: Der Zusteller versucht es erneut.",
         "pickup": "{merchant}: Bitte mit Ausweis abholen.",
+        "pickup_by": "{merchant}: Bitte bis {deadline} mit Ausweis abholen.",
+        "pickup_over": "{merchant}: Die Abholfrist ist am {deadline} abgelaufen.",
         "cancelled": "{merchant} hat diese Bestellung storniert.",
         "track": "Sendung verfolgen",
         "why": "Du erhältst diese E-Mail, weil du diese Bestellung bei Waybill verfolgst.",
@@ -97,6 +101,8 @@ class OrderFacts:
     #: What the carrier or the shop wrote with the event ("Recipient not at home…", the reason
     #: for a cancellation), in their words.
     note: str | None = None
+    #: Until when a parcel of the order waits at its pickup point (the latest such deadline).
+    pickup_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,16 @@ def estimate_phrase(estimate: datetime, now: datetime, language: str, timezone: 
     return t["on"].format(date=date)
 
 
+def deadline_phrase(deadline: datetime, language: str, timezone: str) -> str:
+    """A deadline as "Fri 12 Dec, 18:00" (German "Fr. 12.12., 18:00") in the reader's zone,
+    named when it is UTC: the zone we assume until the reader tells us theirs."""
+    lang = _lang(language)
+    at = deadline.astimezone(zone(timezone))
+    weekday = _WEEKDAYS[lang][at.weekday()]
+    day = f"{weekday} {at.day}.{at.month}." if lang == "de" else f"{weekday} {at:%d %b}"
+    return f"{day}, {at:%H:%M}" + (" UTC" if timezone == "UTC" else "")
+
+
 def message(facts: OrderFacts, *, language: str, now: datetime, timezone: str = "UTC") -> Message:
     """The title and body for one status, e.g. "Order #1042 is out for delivery"."""
     lang = _lang(language)
@@ -135,7 +151,10 @@ def message(facts: OrderFacts, *, language: str, now: datetime, timezone: str = 
     elif facts.status == "attempted":
         body = t["attempted"].format(merchant=facts.merchant)
     elif facts.status == "available_for_pickup":
-        body = t["pickup"].format(merchant=facts.merchant)
+        until = facts.pickup_until
+        words = "pickup" if until is None else "pickup_by" if until > now else "pickup_over"
+        deadline = deadline_phrase(until, lang, timezone) if until else ""
+        body = t[words].format(merchant=facts.merchant, deadline=deadline)
     elif facts.status == "cancelled":
         body = t["cancelled"].format(merchant=facts.merchant)
     else:

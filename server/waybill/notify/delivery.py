@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from waybill.config import Settings
 from waybill.db import read_engine
-from waybill.models import Customer, Merchant, Order, TrackingEvent, utcnow
+from waybill.models import Customer, Merchant, Order, Shipment, TrackingEvent, utcnow
 from waybill.notify import content, mail, outbox, preferences, subscriptions
 from waybill.notify.models import OutboxMessage, PushSubscription
 from waybill.notify.push_policy import topic_for, ttl_for, urgency_for
@@ -50,6 +51,7 @@ class _OrderColumns(NamedTuple):
     tracking_token_sealed: str
     tracking_token_hash: str
     estimated_delivery: Any
+    pickup_until: Any  # the latest deadline of its parcels waiting to be collected, if any
 
 
 @dataclass
@@ -243,6 +245,10 @@ class Worker:
                 .order_by(col(TrackingEvent.occurred_at).desc(), col(TrackingEvent.id).desc())
                 .limit(1)
                 .scalar_subquery(),
+                # until when a parcel waits to be collected: the message says so
+                select(sa.func.max(Shipment.pickup_until))
+                .where(Shipment.order_id == X.order_id)
+                .scalar_subquery(),
             )
             .select_from(X)
             .outerjoin(Od, col(Od.id) == X.order_id)
@@ -254,7 +260,7 @@ class Worker:
         with Session(read_engine(self.engine)) as session:
             joined = session.exec(query).all()  # type: ignore[call-overload]
         rows = [(*r[0:7], r[25]) for r in joined]
-        orders = {r[7]: _OrderColumns(*r[7:14]) for r in joined if r[7] is not None}
+        orders = {r[7]: _OrderColumns(*r[7:14], r[26]) for r in joined if r[7] is not None}
         merchants = {r[9]: r[14] for r in joined if r[7] is not None}
         customers = {r[15]: r[15:19] for r in joined if r[15] is not None}
         subs = {r[19]: r[19:25] for r in joined if r[19] is not None}
@@ -316,6 +322,7 @@ class Worker:
                 url=url,
                 estimated_delivery=order.estimated_delivery,
                 note=note,
+                pickup_until=order.pickup_until,
             )
             customer_id = order.customer_id
             prefs = prefs_for(customer_id)

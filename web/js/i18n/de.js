@@ -48,6 +48,8 @@ export default {
   'order.attemptedOn': 'Zustellversuch am {date}',
   'order.pickupAt': 'Abholen bei {place}',
   'order.pickupReady': 'Wartet darauf, dass du es abholst',
+  'order.pickupBy': 'Abholen bis {date}',
+  'order.pickupEnded': 'Abholfrist endete am {date}',
   'order.parcel': 'Paket {n} von {total} · {carrier} {number}',
   'order.parcelOnly': 'Paket {n} von {total}',
   'order.updatedNow': 'Gerade aktualisiert',

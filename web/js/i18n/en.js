@@ -48,6 +48,8 @@ export default {
   'order.attemptedOn': 'Delivery attempted {date}',
   'order.pickupAt': 'Collect it at {place}',
   'order.pickupReady': 'Waiting for you to collect it',
+  'order.pickupBy': 'Collect by {date}',
+  'order.pickupEnded': 'Pickup period ended {date}',
   'order.parcel': 'Package {n} of {total} · {carrier} {number}',
   'order.parcelOnly': 'Package {n} of {total}',
   'order.updatedNow': 'Updated just now',

@@ -70,6 +70,25 @@ export function formatDayIn(at, zone) {
     .format(new Date(at));
 }
 
+/** "Friday, December 12 at 6:00 PM" (German "Freitag, 12. Dezember um 18:00") in the viewer's
+ * language and zone: a deadline needs its hour. */
+export function formatDeadlineIn(at, zone) {
+  // A 24-hour clock pads its hours ("02:00"), a 12-hour one does not ("2:00 AM").
+  const twentyFour = new Intl.DateTimeFormat(language(), { hour: 'numeric' }).resolvedOptions().hourCycle !== 'h12';
+  return new Intl.DateTimeFormat(language(), {
+    timeZone: zone, weekday: 'long', day: 'numeric', month: 'long', hour: twentyFour ? '2-digit' : 'numeric', minute: '2-digit',
+  }).format(new Date(at));
+}
+
+/** Until when the parcel of `event` (the latest pickup scan) waits to be collected: its
+ * shipment's `pickup_until`, else the latest any parcel of the order has; null when none says. */
+export function pickupUntil(order, event) {
+  const ships = order.shipments || [];
+  const own = ships.find((s) => s.id === event?.shipmentId)?.pickup_until;
+  const latest = (a, b) => (a === null || Date.parse(b) > Date.parse(a) ? b : a);
+  return own || ships.map((s) => s.pickup_until).filter(Boolean).reduce(latest, null);
+}
+
 export const estimateOf = (order) =>
   order.estimated_delivery || (order.shipments || []).map((s) => s.estimated_delivery).find(Boolean) || null;
 
@@ -94,9 +113,12 @@ export function outlook(order, zone, now = Date.now()) {
   }
   if (TERMINAL.has(status)) return { group: 'older', lines: note ? [note] : [], late: false };
   if (status === 'available_for_pickup') {
-    // Where and until when come from the carrier's scan: its location and its note.
+    // Where is the carrier's scan's location; until when, its shipment's pickup_until.
     const where = latest?.location ? t('order.pickupAt', { place: latest.location }) : t('order.pickupReady');
-    return { group: 'action', lines: [where, note].filter(Boolean), late: false };
+    const until = pickupUntil(order, latest);
+    const ended = Boolean(until && Date.parse(until) <= now);
+    const by = until ? t(ended ? 'order.pickupEnded' : 'order.pickupBy', { date: formatDeadlineIn(until, zone) }) : null;
+    return { group: 'action', lines: [by, where, note].filter(Boolean), late: ended };
   }
   const eta = estimateOf(order);
   const etaDay = eta ? dayOf(eta, zone) : null;
