@@ -8,6 +8,7 @@ import os
 import sqlite3
 import stat
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 WRITE_WAIT = 30.0  # seconds a writer waits for this process's other writer before giving up
-_write_locks: dict[str, threading.RLock] = {}
+_write_locks: dict[str, FairLock] = {}
 _write_locks_guard = threading.Lock()
 # A forked child (a gunicorn worker) makes its own: a lock made in the parent, before gevent
 # patched the child, is a real thread lock there, which every greenlet of the child's one
@@ -89,7 +90,72 @@ def _narrow_database_files(db_file: Path) -> None:
             logging.getLogger("waybill").warning("%s is not mode 0600: %s", name, exc)
 
 
-def write_lock(path: str) -> threading.RLock:
+class FairLock:
+    """A reentrant lock that hands itself to its waiters in the order they came.
+
+    ``threading.RLock`` (gevent's, once patched) lets whoever asks first after a release take
+    it: under a stream of requests, a writer that has waited — the outbox worker recording
+    what it sent — can lose every race and wait for as long as the stream lasts. Here a release
+    with waiters gives the lock to the oldest one; a newcomer queues behind it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiters: deque[tuple[int, threading.Event]] = deque()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = threading.get_ident()
+        with self._guard:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None and not self._waiters:
+                self._owner, self._depth = me, 1
+                return True
+            if not blocking:
+                return False
+            turn = (me, threading.Event())
+            self._waiters.append(turn)
+        try:
+            handed = turn[1].wait(None if timeout < 0 else timeout)
+        except BaseException:  # killed while waiting: leave the queue, or pass the lock on
+            if not self._leave(turn):
+                self.release()
+            raise
+        return handed or not self._leave(turn)  # it may have come as the wait timed out
+
+    def _leave(self, turn: tuple[int, threading.Event]) -> bool:
+        """Leave the queue; False when the lock was handed over meanwhile (it is ours)."""
+        with self._guard:
+            if turn in self._waiters:
+                self._waiters.remove(turn)
+                return True
+            return False
+
+    def release(self) -> None:
+        with self._guard:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("cannot release a lock this thread does not hold")
+            self._depth -= 1
+            if self._depth:
+                return
+            if self._waiters:
+                owner, ready = self._waiters.popleft()
+                self._owner, self._depth = owner, 1
+                ready.set()
+            else:
+                self._owner = None
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def write_lock(path: str) -> FairLock:
     """The lock every SQLite writer of this process takes before ``BEGIN IMMEDIATE``.
 
     Made after gevent's monkey-patching (engines are built in each worker), it is a gevent
@@ -98,14 +164,14 @@ def write_lock(path: str) -> threading.RLock:
     holder, another greenlet, could never finish, and the whole worker stood still."""
     key = str(Path(path).resolve()) if path and path != ":memory:" else path
     with _write_locks_guard:
-        return _write_locks.setdefault(key, threading.RLock())
+        return _write_locks.setdefault(key, FairLock())
 
 
 class SQLiteConnection(sqlite3.Connection):
     """A DB-API connection that holds its process's write lock from ``BEGIN IMMEDIATE`` until
     its commit or rollback has finished."""
 
-    write_lock: threading.RLock | None = None
+    write_lock: FairLock | None = None
     holds_write_lock = False
 
     def acquire_write(self) -> None:
