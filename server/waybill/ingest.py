@@ -324,6 +324,7 @@ def _record(
     # One read answers all three questions: was this event seen before, does it come after
     # every other event of its timeline (then the fold is one step, not the timeline again),
     # and what do the order's own events say (few: the merchant's, not the carriers' scans)?
+    in_order = col(TrackingEvent.order_id) == order.id
     near = session.exec(
         select(
             TrackingEvent.dedupe_key,
@@ -331,11 +332,16 @@ def _record(
             TrackingEvent.status,
             TrackingEvent.shipment_id,
         ).where(
-            TrackingEvent.order_id == order.id,
+            # The order in each branch, so that each is one index range (SQLite's MULTI-INDEX
+            # OR; with the order outside, SQLite read every event of the order instead).
             sa.or_(
-                TrackingEvent.dedupe_key == key,
-                col(TrackingEvent.shipment_id).is_(None),
-                sa.and_(_in_timeline(shipment_id), TrackingEvent.occurred_at >= occurred_at),  # type: ignore[operator]
+                sa.and_(in_order, TrackingEvent.dedupe_key == key),
+                sa.and_(in_order, col(TrackingEvent.shipment_id).is_(None)),
+                sa.and_(
+                    in_order,
+                    _in_timeline(shipment_id),
+                    TrackingEvent.occurred_at >= occurred_at,  # type: ignore[operator]
+                ),
             ),
         )
     ).all()

@@ -135,26 +135,7 @@ _EVENT_COLUMNS = (
 _NEWEST_FIRST = (col(TrackingEvent.occurred_at).desc(), col(TrackingEvent.id).desc())
 
 
-def _ranked_events() -> sa.Select[Any]:
-    timeline = (col(TrackingEvent.order_id), col(TrackingEvent.shipment_id))
-    ranked = (
-        sa.select(
-            *_EVENT_COLUMNS,
-            sa.func.row_number().over(partition_by=timeline, order_by=_NEWEST_FIRST).label("rank"),
-            sa.func.count().over(partition_by=timeline).label("total"),
-        )
-        .where(col(TrackingEvent.order_id).in_(sa.bindparam("order_ids", expanding=True)))
-        .subquery("ranked")
-    )
-    return (
-        sa.select(ranked)
-        .where(ranked.c.rank <= EVENTS_SHOWN)
-        .order_by(ranked.c.occurred_at, ranked.c.id)
-    )
-
-
 #: Built once: the statements and their cache keys are the same for every page of orders.
-_LATEST_EVENTS = _ranked_events()
 _ORDER_IDS = sa.bindparam("order_ids", expanding=True)
 _SHIPMENTS_OF = (
     select(Shipment).where(col(Shipment.order_id).in_(_ORDER_IDS)).order_by(col(Shipment.id))
@@ -167,19 +148,49 @@ _CURSORS_OF = (
 )
 
 
+#: How many events of one timeline, for a page of orders: an index range each, counted.
+_EVENT_TOTALS = (
+    sa.select(col(TrackingEvent.order_id), col(TrackingEvent.shipment_id), sa.func.count())
+    .where(col(TrackingEvent.order_id).in_(_ORDER_IDS))
+    .group_by(col(TrackingEvent.order_id), col(TrackingEvent.shipment_id))
+)
+#: Timelines per statement: SQLite allows 500 parts in one UNION ALL.
+_TIMELINES_PER_QUERY = 200
+
+
+def _newest_of(order_id: int, shipment_id: int | None) -> Any:
+    ship = col(TrackingEvent.shipment_id)
+    return (
+        sa.select(*_EVENT_COLUMNS)
+        .where(
+            col(TrackingEvent.order_id) == order_id,
+            ship.is_(None) if shipment_id is None else ship == shipment_id,
+        )
+        .order_by(*_NEWEST_FIRST)
+        .limit(EVENTS_SHOWN)
+        .subquery()
+    )
+
+
 def _latest_events(
-    session: Session, order_ids: Sequence[int | None]
+    session: Session, order_ids: Sequence[int], timelines: Sequence[tuple[int, int | None]]
 ) -> tuple[dict[tuple[int, int | None], list[Any]], dict[tuple[int, int | None], int]]:
-    """The latest ``EVENTS_SHOWN`` events of every timeline of these orders (oldest first),
-    and how many each timeline has: one query, whatever the orders' histories hold. Only the
-    rows shown leave the database (a window function ranks them there)."""
-    rows = session.connection().execute(_LATEST_EVENTS, {"order_ids": list(order_ids)})
+    """The latest ``EVENTS_SHOWN`` events of each timeline (an order's own, or one shipment's),
+    oldest first, and how many each timeline has: one ``UNION ALL`` of a newest-first index
+    range per timeline, whose ``LIMIT`` stops it after ``EVENTS_SHOWN`` rows, and one count.
+    (A window function over each timeline read and sorted the whole history every time, so an
+    answer cost more with every event the order had.)"""
     events: dict[tuple[int, int | None], list[Any]] = defaultdict(list)
-    totals: dict[tuple[int, int | None], int] = {}
-    for row in rows:
-        key = (row.order_id, row.shipment_id)
-        events[key].append(row)
-        totals[key] = row.total
+    conn = session.connection()
+    for start in range(0, len(timelines), _TIMELINES_PER_QUERY):
+        parts = [sa.select(_newest_of(*t)) for t in timelines[start : start + _TIMELINES_PER_QUERY]]
+        for row in conn.execute(parts[0] if len(parts) == 1 else sa.union_all(*parts)):
+            events[(row.order_id, row.shipment_id)].append(row)
+    for rows in events.values():
+        rows.reverse()  # oldest first
+    totals = {
+        (oid, sid): n for oid, sid, n in conn.execute(_EVENT_TOTALS, {"order_ids": list(order_ids)})
+    }
     return events, totals
 
 
@@ -230,7 +241,10 @@ def render_orders(
     shipments: dict[int, list[Shipment]] = defaultdict(list)
     for s in session.exec(_SHIPMENTS_OF, params=ids):
         shipments[s.order_id].append(s)
-    events, totals = _latest_events(session, ids["order_ids"])
+    timelines = [(o.id, None) for o in orders] + [
+        (s.order_id, s.id) for ships in shipments.values() for s in ships
+    ]
+    events, totals = _latest_events(session, ids["order_ids"], timelines)  # type: ignore[arg-type]
     cursors = {oid: cursor for oid, cursor in session.connection().execute(_CURSORS_OF, ids)}
     merchants = _by_id(session, Merchant, {o.merchant_id for o in orders})
     customers = _by_id(session, Customer, {o.customer_id for o in orders}) if merchant_view else {}
