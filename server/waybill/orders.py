@@ -148,49 +148,60 @@ _CURSORS_OF = (
 )
 
 
-#: How many events of one timeline, for a page of orders: an index range each, counted.
-_EVENT_TOTALS = (
-    sa.select(col(TrackingEvent.order_id), col(TrackingEvent.shipment_id), sa.func.count())
-    .where(col(TrackingEvent.order_id).in_(_ORDER_IDS))
-    .group_by(col(TrackingEvent.order_id), col(TrackingEvent.shipment_id))
-)
 #: Timelines per statement: SQLite allows 500 parts in one UNION ALL.
 _TIMELINES_PER_QUERY = 200
 
 
-def _newest_of(order_id: int, shipment_id: int | None) -> Any:
-    ship = col(TrackingEvent.shipment_id)
-    return (
-        sa.select(*_EVENT_COLUMNS)
-        .where(
-            col(TrackingEvent.order_id) == order_id,
-            ship.is_(None) if shipment_id is None else ship == shipment_id,
+@functools.lru_cache(maxsize=256)
+def _latest_of(shape: tuple[bool, ...]) -> Any:
+    """``UNION ALL`` of one part per timeline (``shape``: True for a shipment's, False for an
+    order's own): its newest ``EVENTS_SHOWN`` events, an index range stopped by ``LIMIT``, each
+    row with how many the timeline has. Built once per shape (bind parameters ``o<i>`` and
+    ``s<i>``): a page of orders has few shapes, and building costs more than running."""
+    order, ship = col(TrackingEvent.order_id), col(TrackingEvent.shipment_id)
+    parts = []
+    for i, of_shipment in enumerate(shape):
+        here = (
+            order == sa.bindparam(f"o{i}"),
+            ship == sa.bindparam(f"s{i}") if of_shipment else ship.is_(None),
         )
-        .order_by(*_NEWEST_FIRST)
-        .limit(EVENTS_SHOWN)
-        .subquery()
-    )
+        total = sa.select(sa.func.count()).where(*here).scalar_subquery().label("total")
+        newest = (
+            sa.select(*_EVENT_COLUMNS, total)
+            .where(*here)
+            .order_by(*_NEWEST_FIRST)
+            .limit(EVENTS_SHOWN)
+            .subquery()
+        )
+        parts.append(sa.select(newest))
+    return parts[0] if len(parts) == 1 else sa.union_all(*parts)
 
 
 def _latest_events(
-    session: Session, order_ids: Sequence[int], timelines: Sequence[tuple[int, int | None]]
+    session: Session, timelines: Sequence[tuple[int, int | None]]
 ) -> tuple[dict[tuple[int, int | None], list[Any]], dict[tuple[int, int | None], int]]:
     """The latest ``EVENTS_SHOWN`` events of each timeline (an order's own, or one shipment's),
-    oldest first, and how many each timeline has: one ``UNION ALL`` of a newest-first index
-    range per timeline, whose ``LIMIT`` stops it after ``EVENTS_SHOWN`` rows, and one count.
-    (A window function over each timeline read and sorted the whole history every time, so an
-    answer cost more with every event the order had.)"""
+    oldest first, and how many each timeline has, in one statement (per 200 timelines) whose
+    cost does not grow with the histories: see :func:`_latest_of`. (A window function over
+    each timeline read and sorted the whole history every time: an answer cost more with
+    every event the order had.)"""
     events: dict[tuple[int, int | None], list[Any]] = defaultdict(list)
+    totals: dict[tuple[int, int | None], int] = {}
     conn = session.connection()
     for start in range(0, len(timelines), _TIMELINES_PER_QUERY):
-        parts = [sa.select(_newest_of(*t)) for t in timelines[start : start + _TIMELINES_PER_QUERY]]
-        for row in conn.execute(parts[0] if len(parts) == 1 else sa.union_all(*parts)):
-            events[(row.order_id, row.shipment_id)].append(row)
+        chunk = timelines[start : start + _TIMELINES_PER_QUERY]
+        params: dict[str, Any] = {}
+        for i, (order_id, shipment_id) in enumerate(chunk):
+            params[f"o{i}"] = order_id
+            if shipment_id is not None:
+                params[f"s{i}"] = shipment_id
+        statement = _latest_of(tuple(shipment_id is not None for _, shipment_id in chunk))
+        for row in conn.execute(statement, params):
+            key = (row.order_id, row.shipment_id)
+            events[key].append(row)
+            totals[key] = row.total
     for rows in events.values():
         rows.reverse()  # oldest first
-    totals = {
-        (oid, sid): n for oid, sid, n in conn.execute(_EVENT_TOTALS, {"order_ids": list(order_ids)})
-    }
     return events, totals
 
 
@@ -244,7 +255,7 @@ def render_orders(
     timelines = [(o.id, None) for o in orders] + [
         (s.order_id, s.id) for ships in shipments.values() for s in ships
     ]
-    events, totals = _latest_events(session, ids["order_ids"], timelines)  # type: ignore[arg-type]
+    events, totals = _latest_events(session, timelines)  # type: ignore[arg-type]
     cursors = {oid: cursor for oid, cursor in session.connection().execute(_CURSORS_OF, ids)}
     merchants = _by_id(session, Merchant, {o.merchant_id for o in orders})
     customers = _by_id(session, Customer, {o.customer_id for o in orders}) if merchant_view else {}
