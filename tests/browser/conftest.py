@@ -148,6 +148,9 @@ def sign_in(context: Any, server: LiveServer, email: str) -> None:
     page.goto(f"{server.url}/auth/link/{server.auth.login_link(email)}")
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{server.url}/")
+    # The app has seen who is signed in (what a tracking page opened later asks about): a page
+    # closed before that would leave this browser as one that never signed in.
+    page.wait_for_function("() => localStorage.getItem('waybill.signedIn')")
     page.close()
 
 
