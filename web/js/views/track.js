@@ -229,10 +229,17 @@ export async function render(app, { token, orderId }) {
         });
       }
     }
+    // A redraw (a live update, the service worker's answer) keeps the keyboard where it was:
+    // on the event or item it had reached, not dropped to the page.
+    const reached = document.activeElement?.closest?.('#timeline-list > li, #item-list > li');
+    const place = reached && app.main.contains(reached)
+      ? [reached.parentElement.id, [...reached.parentElement.children].indexOf(reached) + 1]
+      : null;
     app.show(renderOrder(order, {
       storedAt, extra, older, onShowAllEvents: showAllEvents, itemsOpen: opened.items, onShowAllItems: showAllItems,
       zone: viewerZone(customer), updated: Date.now() - opened.changedAt < UPDATED_MS,
     }));
+    if (place) focusAdded(`#${place[0]}`, place[1] - 1);
     document.title = `${orderLabel(order)} · ${order.merchant.name} · Waybill`;
   };
 
