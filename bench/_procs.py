@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 
@@ -22,3 +24,15 @@ def children(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return sorted(out)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """gunicorn's quick shutdown (SIGINT), then harder: nothing is measured any more."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            continue

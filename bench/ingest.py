@@ -42,7 +42,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -56,7 +55,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _procs import children, free_port  # noqa: E402
+from _procs import children, free_port, stop_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "server"))
@@ -522,15 +521,7 @@ class Server:
         raise RuntimeError(f"waybill serve did not start; see {self.log}")
 
     def stop(self) -> None:
-        """gunicorn's quick shutdown (SIGINT): nothing is measured any more."""
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if self.proc.poll() is not None:
-                return
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                continue
+        stop_server(self.proc)
 
 
 class Profiler:

@@ -31,7 +31,6 @@ import os
 import random
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _procs import children, free_port  # noqa: E402
+from _procs import children, free_port, stop_server  # noqa: E402
 from ingest import (  # noqa: E402
     BASE_TIME,
     RUN,
@@ -170,15 +169,7 @@ class Server:
         raise RuntimeError(f"{self.kind} server did not start; see {self.log}")
 
     def stop(self) -> None:
-        """gunicorn's quick shutdown (SIGINT), then harder: nothing is measured any more."""
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if self.proc.poll() is not None:
-                return
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                continue
+        stop_server(self.proc)
 
 
 class Http:

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from flask import Flask
 
 from tests.conftest import make_settings
 from tests.utils.factories import MerchantActions
-from tests.utils.smtp import SMTPServer
+from tests.utils.smtp import SMTPServer, free_port
 from waybill import create_app
 from waybill.notify import content, mail
 from waybill.notify.delivery import Worker
@@ -31,17 +30,11 @@ from waybill.notify.delivery import Worker
 WAYBILL = str(Path(sys.executable).with_name("waybill"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Served:
     """``waybill serve`` as ``make run`` starts it: no mail relay, the outbox worker inside."""
 
     def __init__(self, instance: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.stderr = instance / "stderr.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
