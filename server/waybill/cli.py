@@ -160,15 +160,83 @@ def outbox_dead(limit: int) -> None:
             )
 
 
+@main.group()
+def webhooks() -> None:
+    """Webhooks received from merchants' platforms (kept 30 days, for support)."""
+
+
+def _receipt_json(row: Any, *, body: bool) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "id": row.id,
+        "merchant_id": row.merchant_id,
+        "platform": row.platform,
+        "topic": row.topic,
+        "state": row.state,
+        "result": row.result,
+        "received_at": row.received_at.isoformat(),
+        "applied_at": row.applied_at.isoformat() if row.applied_at else None,
+    }
+    if body:
+        try:
+            shown["payload"] = json.loads(row.body)
+        except ValueError:
+            shown["payload"] = row.body
+    return shown
+
+
+@webhooks.command("show")
+@click.argument("receipt_id", type=int)
+@_config_errors
+def webhooks_show(receipt_id: int) -> None:
+    """One webhook as it arrived (its raw payload) and what became of it."""
+    from sqlmodel import Session
+
+    from waybill.models import WebhookReceipt
+
+    with Session(_engine(_settings())) as session:
+        row = session.get(WebhookReceipt, receipt_id)
+        if row is None:
+            raise click.ClickException(f"no webhook {receipt_id} (kept 30 days)")
+        click.echo(json.dumps(_receipt_json(row, body=True), indent=2))
+
+
+@webhooks.command("list")
+@click.option("--merchant", "merchant_id", default=None, help="Only this merchant's.")
+@click.option("--state", default=None, help="queued, applied, held, ignored or failed.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@_config_errors
+def webhooks_list(merchant_id: str | None, state: str | None, limit: int) -> None:
+    """The latest webhooks, newest first, one JSON object a line (without payloads)."""
+    from sqlmodel import Session, col, select
+
+    from waybill.models import WebhookReceipt
+
+    query = select(WebhookReceipt).order_by(col(WebhookReceipt.id).desc()).limit(limit)
+    if merchant_id:
+        query = query.where(WebhookReceipt.merchant_id == merchant_id)
+    if state:
+        query = query.where(WebhookReceipt.state == state)
+    with Session(_engine(_settings())) as session:
+        for row in session.exec(query):
+            click.echo(json.dumps(_receipt_json(row, body=False)))
+
+
 def run_worker(concurrency: int) -> None:
     """One outbox worker in this process until SIGTERM or SIGINT."""
     import signal
     import threading
 
     from waybill.notify.delivery import Worker
+    from waybill.realtime.broker import create_broker
 
     settings = _settings()
-    w = Worker(_engine(settings), settings, concurrency=concurrency)
+    # The broker tells the servers' sockets what the worker applies (webhooks, polls).
+    w = Worker(
+        _engine(settings),
+        settings,
+        concurrency=concurrency,
+        broker=create_broker(settings.broker_url),
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -68,10 +68,12 @@ class Settings(BaseSettings):
     vapid_subject: str = "mailto:operator@waybill.invalid"
     smtp_url: str = ""
     mail_from: str = "Waybill <no-reply@waybill.invalid>"
+    aftership_api_url: str = ""  # empty: AfterShip's own Tracking API (tests point it elsewhere)
     oidc_issuer: str = ""
     oidc_client_id: str = ""
     oidc_client_secret: str = Field("", repr=False)
     push_endpoint_hosts: tuple[str, ...] = ()  # WAYBILL_PUSH_ENDPOINT_HOSTS=host:port,host:*
+    webhook_endpoint_hosts: tuple[str, ...] = ()  # the same, for merchants' webhook URLs
     run_worker: bool = True
     outbox_lease_seconds: int = 120  # a dead worker's claimed notifications wait this long
     proxy_hops: int = 0  # reverse proxies in front that set X-Forwarded-For/-Proto
@@ -174,7 +176,7 @@ class Settings(BaseSettings):
             return int(value)
         raise ValueError("expected a whole number such as 0 or 1")
 
-    @field_validator("push_endpoint_hosts", mode="before")
+    @field_validator("push_endpoint_hosts", "webhook_endpoint_hosts", mode="before")
     @classmethod
     def _host_patterns(cls, value: object) -> object:
         items = value.split(",") if isinstance(value, str) else value

@@ -267,6 +267,7 @@ def record_order_event(
         None,
         data.description,
         source,
+        source_status=data.source_status,
     )
 
 
@@ -292,6 +293,7 @@ def record_shipment_event(
         data.description,
         source,
         pickup_until=data.pickup_until,
+        source_status=data.source_status,
     )
 
 
@@ -307,6 +309,7 @@ def _record(
     source: str,
     *,
     pickup_until: datetime | None = None,
+    source_status: str | None = None,
 ) -> bool:
     """Record one event; False when it was seen before (nothing changes then, the pickup
     deadline neither: a carrier that extends it sends a new scan)."""
@@ -362,6 +365,7 @@ def _record(
             location=location,
             description=description,
             source=source,
+            source_status=source_status,
             event_id=event_id,
             dedupe_key=key,
         )
@@ -560,5 +564,13 @@ def record_events(
     return outcomes
 
 
-_SHIPMENT_EVENT = {"status", "occurred_at", "event_id", "location", "description", "pickup_until"}
-_ORDER_EVENT = {"status", "occurred_at", "event_id", "description"}
+_SHIPMENT_EVENT = {
+    "status",
+    "occurred_at",
+    "event_id",
+    "location",
+    "description",
+    "pickup_until",
+    "source_status",
+}
+_ORDER_EVENT = {"status", "occurred_at", "event_id", "description", "source_status"}

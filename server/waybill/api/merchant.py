@@ -256,7 +256,16 @@ def post_shipment(order_id: int) -> Any:
         shipment, created = upsert_shipment(session=get_session(), order=order, data=data)
     except NumberTaken as exc:
         raise _number_taken(exc, "tracking_number") from None
+    if created:  # what the merchant's platforms said of this parcel before it was known
+        _release_held(shipment)
     return _commit_answering_shipment(order, shipment, 201 if created else 200)
+
+
+def _release_held(shipment: Shipment) -> None:
+    from waybill.integrations.inbox import release_for_shipment
+
+    settings = current_app.config["WAYBILL_SETTINGS"]
+    release_for_shipment(get_session(), _merchant(), shipment, server_key=settings.secret_key)
 
 
 @bp.patch("/shipments/<int:shipment_id>")
@@ -272,9 +281,11 @@ def patch_shipment(shipment_id: int) -> Any:
     data = parse_body(ShipmentUpdate)
     changes = data.model_dump(exclude_unset=True)
     try:
-        update_shipment(session=get_session(), shipment=shipment, changes=changes)
+        changed = update_shipment(session=get_session(), shipment=shipment, changes=changes)
     except NumberTaken as exc:
         raise _number_taken(exc, "carrier") from None
+    if changed and "carrier" in changes:  # now the parcel a platform spoke of, perhaps
+        _release_held(shipment)
     return _commit_answering_shipment(order, shipment, 200)
 
 

@@ -102,3 +102,37 @@ def new_tracking_token(secret: str) -> tuple[str, str, str]:
 def tracking_token(secret: str, order: Order) -> str:
     """The order's tracking token, for its link: opened from the row with the server key."""
     return open_tracking_token(secret, order.tracking_token_sealed, order.tracking_token_hash)
+
+
+# --- merchants' secrets (webhook signing secrets, provider API keys): sealed the same way ---
+
+_SECRET_PREFIX = "s1."
+_SECRET_INFO = b"waybill merchant secret v1"
+
+
+@functools.lru_cache(maxsize=4)
+def _secret_aead(secret: str) -> AESGCM:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SECRET_INFO)
+    return AESGCM(key.derive(secret.encode()))
+
+
+def seal_secret(server_key: str, value: str, context: str) -> str:
+    """A secret Waybill must use again (to check or make a signature), stored so that the
+    database alone does not give it away. ``context`` (e.g. ``"integration:<merchant>:shopify"``)
+    binds the sealed value to its row: moved to another row, it does not open."""
+    nonce = os.urandom(_NONCE)
+    sealed = _secret_aead(server_key).encrypt(nonce, value.encode(), context.encode())
+    return _SECRET_PREFIX + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
+
+
+def open_secret(server_key: str, sealed: str, context: str) -> str:
+    """The secret sealed in ``sealed`` for ``context``; :class:`SealError` when it does not open."""
+    if not sealed.startswith(_SECRET_PREFIX):
+        raise SealError("not a sealed secret")
+    body = sealed[len(_SECRET_PREFIX) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        plain = _secret_aead(server_key).decrypt(raw[:_NONCE], raw[_NONCE:], context.encode())
+    except (InvalidTag, ValueError, binascii.Error):
+        raise SealError("a merchant secret does not open with this secret key") from None
+    return plain.decode()

@@ -26,6 +26,13 @@ from waybill.models.customers import (
     Sent,
     SignedIn,
 )
+from waybill.models.integrations import (
+    CarrierPoll,
+    HeldUpdate,
+    Integration,
+    WebhookEndpoint,
+    WebhookReceipt,
+)
 from waybill.models.merchants import ApiKey, Merchant, MerchantPublic
 from waybill.models.orders import (
     Change,
@@ -70,6 +77,11 @@ __all__ = [
     "ItemError",
     "ONE_LINE",
     "ApiKey",
+    "CarrierPoll",
+    "HeldUpdate",
+    "Integration",
+    "WebhookEndpoint",
+    "WebhookReceipt",
     "AuthSession",
     "Change",
     "CodeSignIn",

@@ -9,7 +9,7 @@ from pydantic import Field as Constraint
 from pydantic import StringConstraints, ValidationInfo, field_validator, model_validator
 from sqlmodel import SQLModel
 
-from waybill.models.orders import PICKUP_UNTIL_DOC, check_pickup_until
+from waybill.models.orders import PICKUP_UNTIL_DOC, SOURCE_STATUS_DOC, check_pickup_until
 from waybill.models.types import Instant, StatusName, Strict, Text100, Text200
 
 MAX_BATCH = 1000
@@ -34,6 +34,7 @@ class EventBatchItem(Strict):
     location: Annotated[str, StringConstraints(max_length=200)] | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     pickup_until: Instant | None = Constraint(default=None, description=PICKUP_UNTIL_DOC)
+    source_status: Text100 | None = Constraint(default=None, description=SOURCE_STATUS_DOC)
 
     @field_validator("pickup_until")
     @classmethod

@@ -105,6 +105,8 @@ class TrackingEvent(SQLModel, table=True):
     location: str | None = Field(default=None, max_length=200)
     description: str | None = Field(default=None, max_length=500)
     source: str = Field(default="api", max_length=32)
+    #: the sender's own word for the status (a platform's "InTransit/InTransit_002"), kept
+    source_status: str | None = Field(default=None, max_length=100)
     event_id: str | None = Field(default=None, max_length=200)  # the sender's own id
     dedupe_key: str = Field(max_length=120)
     created_at: datetime = created()
@@ -142,6 +144,11 @@ class OrderCreate(Strict):
     placed_at: Instant | None = None
 
 
+SOURCE_STATUS_DOC = (
+    "the sender's own word for this status (a carrier's or platform's code), kept with the event"
+)
+
+
 class OrderEventCreate(Strict):
     """A change of the order itself (being prepared, cancelled, ...)."""
 
@@ -149,6 +156,7 @@ class OrderEventCreate(Strict):
     occurred_at: Instant | None = None
     event_id: Text200 | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    source_status: Text100 | None = Field(default=None, description=SOURCE_STATUS_DOC)
 
 
 class ShipmentCreate(Strict):
@@ -202,6 +210,7 @@ class ShipmentEventCreate(Strict):
     location: Annotated[str, StringConstraints(max_length=200)] | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     pickup_until: Instant | None = Field(default=None, description=PICKUP_UNTIL_DOC)
+    source_status: Text100 | None = Field(default=None, description=SOURCE_STATUS_DOC)
 
     @field_validator("pickup_until")
     @classmethod

@@ -47,6 +47,7 @@ def start_worker(app: Flask) -> object:
         app.extensions["waybill.engine"],
         settings,
         lease=timedelta(seconds=settings.outbox_lease_seconds),
+        broker=app.extensions["waybill.broker"],
     ).start()
     app.extensions["waybill.broker"].subscribe(worker.notify)
     app.extensions["waybill.worker"] = worker

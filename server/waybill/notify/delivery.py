@@ -79,8 +79,9 @@ class Worker:
         lease: timedelta = timedelta(minutes=2),
         poll_interval: float = 1.0,
         push_timeout: float = 10.0,
+        broker: Any = None,
     ) -> None:
-        self.engine, self.settings = engine, settings
+        self.engine, self.settings, self.broker = engine, settings, broker
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.batch_size, self.lease, self.poll_interval = batch_size, lease, poll_interval
         self.sender = PushSender(
@@ -96,6 +97,7 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cleanup: datetime | None = None
+        self._last_inbox: datetime | None = None
         self._batches = itertools.count(1)
 
     # --- the loop ----------------------------------------------------------------------------
@@ -185,6 +187,7 @@ class Worker:
         while not self._stop.is_set():
             try:
                 self._cleanup()
+                self._integrations()
                 if self.run_until_idle() == 0:
                     self.wake.wait(self.poll_interval)
                     self.wake.clear()
@@ -192,13 +195,29 @@ class Worker:
                 log.exception("outbox worker: batch failed; trying again shortly")
                 self._stop.wait(self.poll_interval * 5)
 
+    def _integrations(self) -> None:
+        """Webhooks a request took but did not apply (its process ended first), and the
+        parcels due a poll at their tracking provider: every few seconds."""
+        from waybill.integrations import inbox, poll_schedule
+
+        now = utcnow()
+        if self._last_inbox and now - self._last_inbox < timedelta(seconds=5):
+            return
+        self._last_inbox = now
+        key = self.settings.secret_key
+        inbox.apply_stale(self.engine, server_key=key, broker=self.broker, now=now)
+        poll_schedule.poll_due(self.engine, self.settings, broker=self.broker, now=now)
+
     def _cleanup(self) -> None:
         now = utcnow()
         if self._last_cleanup and now - self._last_cleanup < timedelta(minutes=10):
             return
         self._last_cleanup = now
+        from waybill.integrations import inbox
+
         with Session(self.engine) as session, session.begin():
             subscriptions.expire_anonymous(session, now=now)
+            inbox.purge(session, now=now)
 
     # --- one batch ---------------------------------------------------------------------------
 
@@ -343,6 +362,8 @@ class Worker:
                     urgency_for(status),
                     topic_for(order_id),
                 )
+            if channel == "webhook":
+                return self._webhook_job(row_id, token, destination, change_id, order_id)
             if channel == "email" and prefs is not None:
                 return self._email_job(row_id, token, destination, customer_id, prefs, facts, now)
             return _const(outbox.Outcome(row_id, "dropped", "no recipient"))
@@ -381,20 +402,6 @@ class Worker:
             },
         )
 
-        def send() -> outbox.Outcome:
-            try:
-                outcome = attempt()
-            except Exception as exc:  # this mail fails alone, and counts a try
-                log.exception("outbox row %s: mail failed", row_id)
-                outcome = outbox.Outcome(row_id, "retry", describe_error(exc))
-            # Recorded at once, not with the whole batch: a sent mail must not stay pending
-            # (and claimable once the lease runs out) while the batch's slower mails go out.
-            try:
-                outbox.record_one(self.engine, outcome, owner=token, now=utcnow())
-            except Exception:  # the batch's own record takes it instead
-                log.exception("outbox row %s: could not record the outcome", row_id)
-            return outcome
-
         def attempt() -> outbox.Outcome:
             # One of the worker's SMTP connections, shared with the batch's other mails.
             with self.relays.borrow() as relay:
@@ -418,7 +425,79 @@ class Worker:
                 return outbox.Outcome(row_id, kind, f"{exc.__class__.__name__}: {exc}")
             return outbox.Outcome(row_id, "sent")
 
+        return self._recorded(row_id, token, "mail", attempt)
+
+    def _recorded(
+        self, row_id: int, token: str, what: str, attempt: Callable[[], outbox.Outcome]
+    ) -> Callable[[], outbox.Outcome]:
+        """A job that runs ``attempt`` and records its outcome at once, not with the whole
+        batch: a sent mail or webhook must not stay pending (and claimable once the lease runs
+        out) while the batch's slower ones go out. One that raises fails alone, and counts a
+        try."""
+
+        def send() -> outbox.Outcome:
+            try:
+                outcome = attempt()
+            except Exception as exc:
+                log.exception("outbox row %s: %s failed", row_id, what)
+                outcome = outbox.Outcome(row_id, "retry", describe_error(exc))
+            try:
+                outbox.record_one(self.engine, outcome, owner=token, now=utcnow())
+            except Exception:  # the batch's own record takes it instead
+                log.exception("outbox row %s: could not record the outcome", row_id)
+            return outcome
+
         return send
+
+    def _webhook_job(
+        self, row_id: int, token: str, destination: str, change_id: int, order_id: int
+    ) -> Callable[[], outbox.Outcome]:
+        """The merchant's webhook: the order as the merchant API shows it, when it is sent."""
+
+        def attempt() -> outbox.Outcome:
+            from waybill.integrations import outbound
+            from waybill.models import Change, WebhookEndpoint
+            from waybill.orders import render_orders
+
+            endpoint_id = int(destination.split(":")[1])
+            with Session(read_engine(self.engine), expire_on_commit=False) as session:
+                endpoint = session.get(WebhookEndpoint, endpoint_id)
+                change, order = session.get(Change, change_id), session.get(Order, order_id)
+                if endpoint is None or change is None or order is None:
+                    return outbox.Outcome(row_id, "dropped", "endpoint or order gone")
+                shown = render_orders(
+                    session,
+                    [order],
+                    base_url=self.settings.base_url,
+                    secret_key=self.settings.secret_key,
+                    merchant_view=True,
+                    language="en",
+                )[0].model_dump(mode="json")
+            shown["status"] = change.status_after  # what this change made it
+            body = outbound.payload(change_id, change.created_at, shown, change.status_before)
+            if not outbox.renew_lease(
+                self.engine, row_id, owner=token, until=utcnow() + self.lease
+            ):
+                return outbox.Outcome(row_id, "retry", "lease lost to another worker")
+            sent = outbound.deliver(
+                endpoint,
+                body,
+                server_key=self.settings.secret_key,
+                extra_hosts=self.settings.webhook_endpoint_hosts,
+                session=self._http(),
+            )
+            return outbox.Outcome(row_id, sent.result, sent.detail, sent.retry_after)
+
+        return self._recorded(row_id, token, "webhook", attempt)
+
+    def _http(self) -> Any:
+        """This thread's ``requests`` session (connections kept alive per endpoint)."""
+        import requests
+
+        local = self.__dict__.setdefault("_http_local", threading.local())
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        return local.session
 
 
 def _const(outcome: outbox.Outcome) -> Callable[[], outbox.Outcome]:

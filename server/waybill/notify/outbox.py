@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from waybill.models import Change, Customer, Order, utcnow
+from waybill.models import Change, Customer, Order, WebhookEndpoint, utcnow
 from waybill.notify import preferences
 from waybill.notify.models import OrderMute, OutboxMessage, PushSubscription
 from waybill.notify.subscriptions import (
@@ -39,6 +39,9 @@ EMAIL_DEADLINE = timedelta(hours=24)
 BACKOFF_BASE = 2.0  # seconds
 BACKOFF_CAP = 15 * 60.0
 MAX_ATTEMPTS = 8  # then the row is dead-lettered (state "dead", with its last error)
+#: A merchant's webhook is tried until its deadline: a receiver down for hours still gets it.
+WEBHOOK_DEADLINE = timedelta(hours=24)
+WEBHOOK_MAX_ATTEMPTS = 200
 
 log = logging.getLogger("waybill.notify")
 
@@ -86,14 +89,37 @@ def enqueue_change(
     if stage == change.status_before:
         return 0  # a second in_transit scan updates the timeline, not the phone
     now = now or utcnow()
-    # The customer and whether they muted this order, in one read.
-    customer, mute = session.exec(
-        select(Customer, OrderMute)
+    # The customer, whether they muted this order, and the merchant's webhook: one read.
+    hook_of_merchant = (
+        select(WebhookEndpoint.id)
+        .where(
+            WebhookEndpoint.merchant_id == order.merchant_id,
+            col(WebhookEndpoint.events).contains("order.status_changed"),
+        )
+        .scalar_subquery()
+    )
+    customer, mute, hook = session.exec(
+        select(Customer, OrderMute, hook_of_merchant)
         .outerjoin(OrderMute, col(OrderMute.order_id) == order.id)
         .where(col(Customer.id) == order.customer_id)
-    ).first() or (None, None)
+    ).first() or (None, None, None)
     info = preferences.ChangeInfo(order.id, stage, change.status_before, mute is not None)
     rows: list[OutboxMessage] = []
+    if hook is not None and change.status_after != change.status_before:
+        # Every status change, each its own row (none supersedes another): the merchant's
+        # systems keep the whole history, whatever the customer chose to hear.
+        row = _row(
+            change,
+            order,
+            change.status_after,
+            "webhook",
+            f"hook:{hook}:{change.id}",
+            None,
+            now,
+            now,
+        )
+        row.customer_id, row.deadline = None, now + WEBHOOK_DEADLINE
+        session.add(row)
 
     # The customer's devices and the order's followers, in one read.
     scopes = in_scopes(session, [customer_scope(order.customer_id), order_scope(order.id)])  # type: ignore[arg-type]
@@ -400,7 +426,10 @@ def record(session: Session, *, owner: str, outcomes: Sequence[Outcome], now: da
             due = now + timedelta(seconds=backoff(row.attempts, outcome.retry_after))
             if _has_newer(session, row):
                 row.state, row.done_at = "superseded", now  # the newer one goes instead
-            elif row.attempts >= MAX_ATTEMPTS or due > row.deadline:
+            elif (
+                row.attempts >= (WEBHOOK_MAX_ATTEMPTS if row.channel == "webhook" else MAX_ATTEMPTS)
+                or due > row.deadline
+            ):
                 row.state, row.done_at = "dead", now  # kept, with its error, for the operator
                 log.warning(
                     "outbox row %s (%s) dead after %d attempts: %s",
