@@ -354,5 +354,10 @@ def demo() -> None:
         click.echo(line)
 
 
+from waybill.tracking.eta_cli import eta  # noqa: E402  (its own module: no Flask)
+
+main.add_command(eta)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -205,8 +205,11 @@ class Worker:
             return
         self._last_inbox = now
         key = self.settings.secret_key
-        inbox.apply_stale(self.engine, server_key=key, broker=self.broker, now=now)
-        poll_schedule.poll_due(self.engine, self.settings, broker=self.broker, now=now)
+        try:  # never in the way of the notifications: a failure here is logged, and waits
+            inbox.apply_stale(self.engine, server_key=key, broker=self.broker, now=now)
+            poll_schedule.poll_due(self.engine, self.settings, broker=self.broker, now=now)
+        except Exception:
+            log.exception("integrations: webhooks or polls failed; trying again shortly")
 
     def _cleanup(self) -> None:
         now = utcnow()

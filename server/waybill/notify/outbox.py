@@ -105,8 +105,9 @@ def enqueue_change(
     ).first() or (None, None, None)
     info = preferences.ChangeInfo(order.id, stage, change.status_before, mute is not None)
     rows: list[OutboxMessage] = []
-    if hook is not None and change.status_after != change.status_before:
-        # Every status change, each its own row (none supersedes another): the merchant's
+    if hook is not None and change.status_before not in (None, change.status_after):
+        # Every status change (not the order's creation: the merchant made it), each its own
+        # row (none supersedes another): the merchant's
         # systems keep the whole history, whatever the customer chose to hear.
         row = _row(
             change,
