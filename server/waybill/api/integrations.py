@@ -109,7 +109,7 @@ def _integration_json(row: Integration) -> dict[str, Any]:
 @operation(
     "Connect a platform: its webhook secret (and a provider's API key, to poll it)",
     body=IntegrationIn,
-    responses={200: IntegrationOut},
+    responses={200: IntegrationOut, 422: None},
     security="merchant",
     tag="integrations",
 )
@@ -185,7 +185,7 @@ def list_receipts(platform: str) -> Any:
 @operation(
     "Set the URL Waybill POSTs your orders' changes to, signed (the secret shown once)",
     body=WebhookEndpointIn,
-    responses={200: WebhookEndpointOut},
+    responses={200: WebhookEndpointOut, 422: None},
     security="merchant",
     tag="integrations",
 )
