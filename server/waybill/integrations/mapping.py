@@ -18,6 +18,7 @@ tracking numbers as Waybill accepts them, and derived event ids.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -491,3 +492,15 @@ def digest_matches(expected: str, given: str | None) -> bool:
     except (AttributeError, UnicodeEncodeError):
         return False
     return hmac.compare_digest(expected.encode("ascii"), sent)
+
+
+def base64_hmac_matches(secret: str, body: bytes, given: str | None) -> bool:
+    """The scheme three platforms share: ``<base64 HMAC-SHA256(secret, raw body)>`` in a
+    header, compared in constant time; never raises."""
+    try:
+        if not secret:
+            return False
+        digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
+        return digest_matches(base64.b64encode(digest).decode("ascii"), given)
+    except (AttributeError, TypeError, ValueError):
+        return False
