@@ -26,7 +26,7 @@ from waybill import create_app
 from waybill.auth.merchant_keys import create_merchant
 from waybill.db import alembic_config, create_engine, migrate, session_scope
 from waybill.ingest import create_order
-from waybill.models import OrderCreate, TrackingEvent, UTCDateTime
+from waybill.models import OrderCreate, UTCDateTime
 from waybill.tracking.events import dedupe_key
 
 ETA = "2026-12-05T18:00:00Z"
@@ -419,33 +419,45 @@ def duplicated(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
         conn.execute(
             sa.text('UPDATE "order" SET status = :s WHERE id = :i'), {"s": "shipped", "i": order_id}
         )
-    with session_scope(engine) as session:
-        scans = [
-            (11, "in_transit", "2026-12-03T08:00:00+00:00", "e1"),
-            (11, "out_for_delivery", "2026-12-04T07:00:00+00:00", "e2"),
-            (12, "in_transit", "2026-12-03T08:00:00+00:00", "e1"),  # the same scan, twice
-            (12, "in_transit", "2026-12-03T20:00:00+00:00", "e3"),  # only the copy got this
-            (13, "delivered", "2026-12-03T10:00:00+00:00", "d1"),
-        ]
-        for shipment_id, status, at, event_id in scans:
-            when = datetime.fromisoformat(at)
-            session.add(
-                TrackingEvent(
-                    order_id=order_id,
+    scans = [
+        (11, "in_transit", "2026-12-03T08:00:00+00:00", "e1"),
+        (11, "out_for_delivery", "2026-12-04T07:00:00+00:00", "e2"),
+        (12, "in_transit", "2026-12-03T08:00:00+00:00", "e1"),  # the same scan, twice
+        (12, "in_transit", "2026-12-03T20:00:00+00:00", "e3"),  # only the copy got this
+        (13, "delivered", "2026-12-03T10:00:00+00:00", "d1"),
+    ]
+    # The rows as that schema holds them (today's model has columns it did not).
+    event = sa.table(
+        "tracking_event",
+        *(sa.column(c) for c in ("order_id", "shipment_id", "status", "event_id", "dedupe_key")),
+        sa.column("source"),
+        sa.column("occurred_at", UTCDateTime()),
+        sa.column("created_at", UTCDateTime()),
+    )
+    rows = []
+    for shipment_id, status, at, event_id in scans:
+        when = datetime.fromisoformat(at)
+        rows.append(
+            {
+                "order_id": order_id,
+                "shipment_id": shipment_id,
+                "status": status,
+                "occurred_at": when,
+                "event_id": event_id,
+                "source": "api",
+                "created_at": now,
+                "dedupe_key": dedupe_key(
                     shipment_id=shipment_id,
                     status=status,
                     occurred_at=when,
                     event_id=event_id,
-                    dedupe_key=dedupe_key(
-                        shipment_id=shipment_id,
-                        status=status,
-                        occurred_at=when,
-                        event_id=event_id,
-                        location=None,
-                        description=None,
-                    ),
-                )
-            )
+                    location=None,
+                    description=None,
+                ),
+            }
+        )
+    with engine.begin() as conn:
+        conn.execute(event.insert(), rows)
     yield settings, key
     engine.dispose()
 
