@@ -88,7 +88,9 @@ def test_every_operation_answers_as_documented(
             assert response.status_code < 500, response.text[:300]
             # A cursor is opaque: a made-up one is rightly 422, however schema-valid it looks.
             made_up_cursor = bool(case.query and case.query.get("cursor"))
-            excluded = [positive_data_acceptance] if made_up_cursor else []
+            # A webhook URL must be on a public address: decided by DNS, not by the schema.
+            webhook_url = operation.path == "/api/v1/webhook-endpoints"  # noqa: B023
+            excluded = [positive_data_acceptance] if made_up_cursor or webhook_url else []
             case.validate_response(response, headers=sent, excluded_checks=excluded)
 
         try:

@@ -63,8 +63,15 @@ class ReceiptList(BaseModel):
 
 class WebhookEndpointIn(BaseModel):
     model_config = {"extra": "forbid"}
-    url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
-    events: list[str] = Constraint(min_length=1, max_length=len(outbound.EVENT_TYPES))
+    #: https on a public address (decided by resolving the name: a 422 when it is not)
+    url: Annotated[
+        str, StringConstraints(min_length=8, max_length=2048, pattern=r"^https?://[\x21-\x7e]+$")
+    ]
+    events: list[str] = Constraint(
+        min_length=1,
+        max_length=len(outbound.EVENT_TYPES),
+        json_schema_extra={"items": {"type": "string", "enum": list(outbound.EVENT_TYPES)}},
+    )
 
 
 class WebhookEndpointOut(BaseModel):
