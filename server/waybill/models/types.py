@@ -57,11 +57,15 @@ StatusName = Literal[tuple(s.value for s in ALL_STATUSES)]  # type: ignore[valid
 #: no bidirectional embedding, override or isolate controls (U+202A-U+202E, U+2066-U+2069),
 #: which can make "1042" read as "2401" or hide part of a name.
 ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$"
+_LINE_CHARS = ONE_LINE[3:-3]  # the characters ONE_LINE refuses, as a class body
+#: One line that is not only spaces: what the required texts below keep once stripped, said in
+#: the schema too (so that a client knows "\u00a0" alone is not a name).
+SOME_TEXT = rf"^[^{_LINE_CHARS}]*[^\s{_LINE_CHARS}][^{_LINE_CHARS}]*$"
 Text200 = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=ONE_LINE)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=SOME_TEXT)
 ]
 Text100 = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=ONE_LINE)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=SOME_TEXT)
 ]
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
 
