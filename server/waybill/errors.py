@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from waybill.models import ONE_LINE
+from waybill.models.types import SOME_TEXT
 
 ONE_LINE_MESSAGE = (
     "must be one line of text, without line breaks, control or bidirectional characters"
@@ -35,9 +36,9 @@ def validation_fields(exc: ValidationError) -> dict[str, str]:
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "body"
         msg = err["msg"]
-        if (
-            err["type"] == "string_pattern_mismatch"
-            and (err.get("ctx") or {}).get("pattern") == ONE_LINE
+        if err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") in (
+            ONE_LINE,
+            SOME_TEXT,
         ):
             msg = ONE_LINE_MESSAGE
         fields.setdefault(path, msg)

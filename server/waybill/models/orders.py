@@ -127,12 +127,14 @@ class Change(SQLModel, table=True):
 # --- in -------------------------------------------------------------------------------------
 
 
+IMAGE_URL = r"^https://[^\s\x00-\x20\x7f-\x9f]+$"
+
+
 class ItemIn(Strict):
     name: Text200
     quantity: int = Field(ge=1, le=10_000)
-    image_url: (
-        Annotated[str, StringConstraints(pattern=r"^https://\S+$", max_length=2000)] | None
-    ) = None
+    # \S alone differs between Python's and JavaScript's regexes (U+001C-U+001F, U+0085)
+    image_url: Annotated[str, StringConstraints(pattern=IMAGE_URL, max_length=2000)] | None = None
 
 
 class OrderCreate(Strict):
