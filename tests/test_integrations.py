@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.conftest import make_settings
 from tests.utils.factories import make_merchant, row_counts
 from tests.utils.fake_aftership import FakeAfterShip, sample_checkpoints
 from waybill import create_app
+from waybill.api.integrations import applier
 from waybill.integrations import poll_schedule
 from waybill.notify.delivery import Worker
 
@@ -38,18 +40,45 @@ def b64_hmac(secret: str, body: bytes) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
-def send(client: Any, merchant: Any, platform: str, body: bytes, **headers: str) -> Any:
-    signed = {
-        "aftership": {"aftership-hmac-sha256": b64_hmac(SECRET, body)},
-        "shopify": {"X-Shopify-Hmac-Sha256": b64_hmac(SECRET, body)},
-        "woocommerce": {"X-WC-Webhook-Signature": b64_hmac(SECRET, body)},
+def easypost_signature(secret: str, body: bytes) -> str:
+    """EasyPost's ``X-Hmac-Signature``: the hex HMAC-SHA256 of the raw body, prefixed."""
+    return "hmac-sha256-hex=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def shippo_signature(secret: str, body: bytes, at: float | None = None) -> str:
+    """Shippo's ``Shippo-Auth-Signature``: ``t=<unix ts>,v1=<hex HMAC of "<ts>.<body>">``."""
+    stamp = int(time.time() if at is None else at)
+    mac = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={mac}"
+
+
+def send(
+    client: Any,
+    merchant: Any,
+    platform: str,
+    body: bytes,
+    *,
+    signed: bool = True,
+    query: dict[str, str] | None = None,
+    **headers: str,
+) -> Any:
+    """The platform's webhook, signed as the platform signs it (``signed=False``: no signature
+    header at all); ``headers`` add to or replace the signature header."""
+    signature = {
+        "aftership": lambda: {"aftership-hmac-sha256": b64_hmac(SECRET, body)},
+        "shopify": lambda: {"X-Shopify-Hmac-Sha256": b64_hmac(SECRET, body)},
+        "woocommerce": lambda: {"X-WC-Webhook-Signature": b64_hmac(SECRET, body)},
+        "easypost": lambda: {"X-Hmac-Signature": easypost_signature(SECRET, body)},
+        "shippo": lambda: {"Shippo-Auth-Signature": shippo_signature(SECRET, body)},
     }[platform]
     answer = client.post(
         f"/webhooks/{platform}/{merchant.merchant_id}",
         data=body,
-        headers={"Content-Type": "application/json", **signed, **headers},
+        query_string=query or {},
+        headers={"Content-Type": "application/json", **(signature() if signed else {}), **headers},
     )
-    answer.close()  # as a server does once the answer is sent: then the webhook is applied
+    answer.close()  # as a server does once the answer is sent: then it goes to the applier,
+    applier(client.application).join()  # and the test looks once the applier is done
     return answer
 
 
@@ -71,6 +100,38 @@ def aftership_update(number: str, slug: str = "fedex", *, delivered: bool = True
         ]
         payload["msg"]["tag"] = payload["msg"]["checkpoints"][-1]["tag"]
     return json.dumps(payload).encode()
+
+
+def easypost_update(number: str, carrier: str = "USPS") -> bytes:
+    """EasyPost's tracker.updated Event: the tracker's whole history, up to its delivery."""
+    payload = json.loads(fixture("easypost", "tracker_updated_delivered.json"))
+    payload["result"]["tracking_code"] = number
+    payload["result"]["carrier"] = carrier
+    return json.dumps(payload).encode()
+
+
+def shippo_update(number: str, carrier: str = "usps") -> bytes:
+    """Shippo's track_updated: a history up to a missed delivery, its last entry repeated (under
+    another object_id) as the track's tracking_status."""
+    payload = json.loads(fixture("shippo", "track_updated_attempted.json"))
+    payload["data"]["tracking_number"] = number
+    payload["data"]["carrier"] = carrier
+    return json.dumps(payload).encode()
+
+
+def kept_words(app: Any, number: str) -> list[str]:
+    """The platform's own words for each event of a parcel, oldest first (not in any answer)."""
+    with app.extensions["waybill.engine"].connect() as conn:
+        return list(
+            conn.execute(
+                sa.text(
+                    "SELECT e.source_status FROM tracking_event e"
+                    " JOIN shipment s ON s.id = e.shipment_id"
+                    " WHERE s.tracking_number = :number ORDER BY e.occurred_at, e.id"
+                ),
+                {"number": number},
+            ).scalars()
+        )
 
 
 def events_of(merchant: Any, order_id: int) -> list[dict[str, Any]]:
@@ -183,6 +244,180 @@ def test_a_tracking_webhook_records_the_whole_history_and_a_replay_nothing(app, 
     assert outbox_rows(app) == notified  # nobody is told again
 
 
+def test_an_easypost_tracker_event_records_its_whole_history_and_a_replay_nothing(
+    app, client, merchant
+):
+    connect(merchant, "easypost")
+    order = merchant.create_order()
+    merchant.add_shipment(order["id"], carrier="USPS", tracking_number="9400100000000000000001")
+    body = easypost_update("9400100000000000000001")
+    details = json.loads(body)["result"]["tracking_details"]
+
+    first = send(client, merchant, "easypost", body)
+    assert first.status_code == 202 and first.get_json()["state"] == "queued"
+    events = events_of(merchant, order["id"])
+    assert len(events) == len(details) == 5
+    assert [e["status"] for e in events] == [
+        "shipped",
+        "in_transit",
+        "in_transit",
+        "out_for_delivery",
+        "delivered",
+    ]
+    assert [e["description"] for e in events] == [d["message"] for d in details]
+    assert events[-1]["location"] == "CHARLESTON, SC, US"
+    shown = merchant.get(f"/orders/{order['id']}").get_json()
+    assert shown["status"] == "delivered"  # what the last detail, delivered, maps to
+    assert shown["shipments"][0]["estimated_delivery"] == "2023-04-26T00:00:00Z"
+    assert shown["shipments"][0]["service"] == "First-Class Package Service"  # the carrier's
+    receipts = merchant.get("/integrations/easypost/webhooks").get_json()["webhooks"]
+    assert receipts[0]["state"] == "applied"
+    assert kept_words(app, "9400100000000000000001") == [
+        "pre_transit/label_created",
+        "in_transit/arrived_at_facility",
+        "in_transit/departed_facility",
+        "out_for_delivery/out_for_delivery",
+        "delivered/arrived_at_destination",
+    ]
+
+    notified = outbox_rows(app)
+    again = send(client, merchant, "easypost", body)  # EasyPost retries
+    assert again.status_code == first.status_code and again.get_json()["state"] == "queued"
+    assert events_of(merchant, order["id"]) == events
+    assert outbox_rows(app) == notified
+
+    before = row_counts(app)
+    wrong = send(
+        client,
+        merchant,
+        "easypost",
+        body,
+        **{"X-Hmac-Signature": easypost_signature("another-secret-000", body)},
+    )
+    assert wrong.status_code == 401 and wrong.get_json()["error"]["code"] == "unauthorized"
+    tampered = body.replace(b"Delivered, In/At Mailbox", b"Delivered, To Neighbour")
+    signed_for_body = {"X-Hmac-Signature": easypost_signature(SECRET, body)}
+    assert send(client, merchant, "easypost", tampered, **signed_for_body).status_code == 401
+    assert send(client, merchant, "easypost", body, signed=False).status_code == 401
+    bare_hex = {"X-Hmac-Signature": easypost_signature(SECRET, body).split("=", 1)[1]}
+    assert send(client, merchant, "easypost", body, **bare_hex).status_code == 401
+    assert row_counts(app) == before
+
+
+def test_a_shippo_track_update_records_its_whole_history_and_a_replay_nothing(
+    app, client, merchant
+):
+    connect(merchant, "shippo")
+    order = merchant.create_order()
+    merchant.add_shipment(order["id"], carrier="USPS", tracking_number="9205500000000000000001")
+    body = shippo_update("9205500000000000000001")
+    history = json.loads(body)["data"]["tracking_history"]
+
+    first = send(client, merchant, "shippo", body)
+    assert first.status_code == 202 and first.get_json()["state"] == "queued"
+    events = events_of(merchant, order["id"])
+    # tracking_status repeats the last scan under another id: still one event
+    assert len(events) == len(history) == 5
+    assert [e["status"] for e in events] == [
+        "shipped",
+        "in_transit",
+        "in_transit",
+        "out_for_delivery",
+        "attempted",
+    ]
+    assert [e["description"] for e in events] == [h["status_details"] for h in history]
+    shown = merchant.get(f"/orders/{order['id']}").get_json()
+    assert shown["status"] == "attempted"  # the last entry: TRANSIT/delivery_attempted
+    assert shown["shipments"][0]["estimated_delivery"] == "2023-07-23T00:00:00Z"
+    assert shown["shipments"][0]["service"] == "Priority Mail"
+    receipts = merchant.get("/integrations/shippo/webhooks").get_json()["webhooks"]
+    assert receipts[0]["state"] == "applied"
+    assert kept_words(app, "9205500000000000000001") == [
+        "PRE_TRANSIT/information_received",
+        "TRANSIT/package_accepted",
+        "TRANSIT/package_departed",
+        "TRANSIT/out_for_delivery",
+        "TRANSIT/delivery_attempted (action required)",
+    ]
+
+    notified = outbox_rows(app)
+    again = send(client, merchant, "shippo", body)  # Shippo retries, signed anew
+    assert again.status_code == first.status_code and again.get_json()["state"] == "queued"
+    # a delivery four minutes old is still inside the replay window
+    late = {"Shippo-Auth-Signature": shippo_signature(SECRET, body, at=time.time() - 4 * 60)}
+    assert send(client, merchant, "shippo", body, **late).status_code == first.status_code
+    assert events_of(merchant, order["id"]) == events
+    assert outbox_rows(app) == notified
+
+    before = row_counts(app)
+    for at in (time.time() - 10 * 60, time.time() + 10 * 60):  # outside the 5 minutes
+        stale = {"Shippo-Auth-Signature": shippo_signature(SECRET, body, at=at)}
+        r = send(client, merchant, "shippo", body, **stale)
+        assert r.status_code == 401 and r.get_json()["error"]["code"] == "unauthorized"
+    wrong = {"Shippo-Auth-Signature": shippo_signature("another-secret-000", body)}
+    assert send(client, merchant, "shippo", body, **wrong).status_code == 401
+    tampered = body.replace(b"Notice Left", b"Parcel Left")
+    signed_for_body = {"Shippo-Auth-Signature": shippo_signature(SECRET, body)}
+    assert send(client, merchant, "shippo", tampered, **signed_for_body).status_code == 401
+    assert row_counts(app) == before
+
+
+def test_shippo_without_hmac_is_authenticated_by_the_token_in_its_url(app, client, merchant):
+    """HMAC is opt-in at Shippo: without it, the URL the merchant registered carries the
+    secret as ``?token=``."""
+    connect(merchant, "shippo")
+    order = merchant.create_order()
+    merchant.add_shipment(order["id"], carrier="USPS", tracking_number="9205500000000000000002")
+    body = shippo_update("9205500000000000000002")
+
+    before = row_counts(app)
+    for token in ("another-secret-000", SECRET.upper(), ""):
+        r = send(client, merchant, "shippo", body, signed=False, query={"token": token})
+        assert r.status_code == 401 and r.get_json()["error"]["code"] == "unauthorized"
+    assert send(client, merchant, "shippo", body, signed=False).status_code == 401
+    # a request with a signature header is judged by it alone, whatever its token
+    bad = {"Shippo-Auth-Signature": shippo_signature("another-secret-000", body)}
+    assert send(client, merchant, "shippo", body, query={"token": SECRET}, **bad).status_code == 401
+    assert row_counts(app) == before
+
+    r = send(client, merchant, "shippo", body, signed=False, query={"token": SECRET})
+    assert r.status_code == 202 and r.get_json()["state"] == "queued"
+    assert len(events_of(merchant, order["id"])) == 5
+    assert merchant.get(f"/orders/{order['id']}").get_json()["status"] == "attempted"
+
+
+@pytest.mark.parametrize(
+    ("platform", "name", "description"),
+    [
+        ("easypost", "batch_updated.json", "batch.created"),
+        ("easypost", "batch_updated.json", None),
+        ("shippo", "transaction_created.json", None),
+    ],
+)
+def test_events_that_are_not_tracking_updates_are_taken_and_record_nothing(
+    app, client, merchant, platform, name, description
+):
+    connect(merchant, platform)
+    order = merchant.create_order()
+    merchant.add_shipment(order["id"], carrier="USPS", tracking_number="9205590164917312751089")
+    payload = json.loads(fixture(platform, name))
+    if description:
+        payload["description"] = description
+    body = json.dumps(payload).encode()
+    assert send(client, merchant, platform, body, signed=False).status_code == 401
+
+    before, notified = row_counts(app), outbox_rows(app)
+    r = send(client, merchant, platform, body)
+    assert r.status_code == 200 and r.get_json()["state"] == "ignored"  # no retries asked for
+    receipts = merchant.get(f"/integrations/{platform}/webhooks").get_json()["webhooks"]
+    assert receipts[0]["state"] == "ignored" and receipts[0]["applied_at"] is None
+    assert events_of(merchant, order["id"]) == []
+    assert merchant.get(f"/orders/{order['id']}").get_json()["status"] == "shipped"
+    assert outbox_rows(app) == notified
+    after = row_counts(app)
+    assert {t: n - before[t] for t, n in after.items() if n != before[t]} == {"webhook_receipt": 1}
+
+
 def test_an_update_for_an_unknown_parcel_is_kept_and_applied_when_it_appears(client, merchant):
     connect(merchant, "aftership")
     r = send(client, merchant, "aftership", aftership_update("999000111", delivered=False))
@@ -191,7 +426,9 @@ def test_an_update_for_an_unknown_parcel_is_kept_and_applied_when_it_appears(cli
     assert receipts[0]["state"] == "held"
 
     order = merchant.create_order()
-    merchant.add_shipment(order["id"], carrier="fedex", tracking_number="999000111")
+    added = merchant.add_shipment(order["id"], carrier="fedex", tracking_number="999000111")
+    assert added["status"] == "out_for_delivery"  # the answer already shows what was held
+    assert len(added["events"]) >= 2
     assert len(events_of(merchant, order["id"])) >= 2
     assert merchant.get(f"/orders/{order['id']}").get_json()["status"] == "out_for_delivery"
     receipts = merchant.get("/integrations/aftership/webhooks").get_json()["webhooks"]
@@ -287,6 +524,77 @@ def test_a_receipt_left_queued_is_applied_by_the_worker(app, client, merchant):
     assert inbox.apply_stale(engine, server_key=settings.secret_key, now=later) == 1
     assert len(events_of(merchant, order["id"])) > 0
     assert inbox.apply_stale(engine, server_key=settings.secret_key, now=later) == 0
+
+
+def test_a_hold_the_new_shipment_did_not_see_is_released_by_the_worker(
+    app, client, merchant, monkeypatch
+):
+    """Two workers at one moment: the shipment is made by a transaction that began before
+    the webhook's hold was committed, so making it released nothing."""
+    from waybill.api import merchant as merchant_api
+    from waybill.integrations import inbox
+
+    connect(merchant, "aftership")
+    send(client, merchant, "aftership", aftership_update("777000222", delivered=False))
+    with monkeypatch.context() as m:
+        m.setattr(merchant_api, "_release_held", lambda shipment: None)
+        order = merchant.create_order()
+        merchant.add_shipment(order["id"], carrier="FedEx", tracking_number="777000222")
+    assert events_of(merchant, order["id"]) == []
+    engine, key = app.extensions["waybill.engine"], app.config["WAYBILL_SETTINGS"].secret_key
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    assert inbox.release_stranded(engine, server_key=key, now=soon) == 0  # not stale yet
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    assert inbox.release_stranded(engine, server_key=key, now=later) == 1
+    assert merchant.get(f"/orders/{order['id']}").get_json()["status"] == "out_for_delivery"
+    receipts = merchant.get("/integrations/aftership/webhooks").get_json()["webhooks"]
+    assert receipts[0]["state"] == "applied"
+    assert inbox.release_stranded(engine, server_key=key, now=later) == 0  # released once
+
+
+def test_webhooks_beyond_what_the_applier_holds_are_answered_and_applied_by_the_sweep(
+    app, client, merchant, monkeypatch
+):
+    """A burst larger than the applier's queue: every webhook is still answered 202, and the
+    ones it could not take wait, recorded, for the worker's sweep."""
+    from waybill.integrations import applier as applier_module
+    from waybill.integrations import inbox
+
+    engine, key = app.extensions["waybill.engine"], app.config["WAYBILL_SETTINGS"].secret_key
+    app.extensions["waybill.webhook_applier"] = applier_module.Applier(
+        engine, server_key=key, capacity=1, lanes=1
+    )
+    gate = threading.Event()
+    real_apply = inbox.apply_now
+
+    def slow_apply(*args, **kwargs):
+        gate.wait(10)  # the lane is busy with a long apply
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(applier_module.inbox, "apply_now", slow_apply)
+    connect(merchant, "aftership")
+    orders = []
+    for n in range(4):
+        order = merchant.create_order()
+        merchant.add_shipment(order["id"], carrier="FedEx", tracking_number=f"88800{n}")
+        orders.append(order["id"])
+    for n in range(4):
+        answer = client.post(
+            f"/webhooks/aftership/{merchant.merchant_id}",
+            data=(body := aftership_update(f"88800{n}")),
+            headers={"aftership-hmac-sha256": b64_hmac(SECRET, body)},
+        )
+        answer.close()
+        assert answer.status_code == 202
+        while n == 0 and applier(app).pending():  # the lane takes the first and holds it
+            time.sleep(0.005)
+    gate.set()
+    applier(app).join()
+    applied = [bool(events_of(merchant, oid)) for oid in orders]
+    assert applied[:2] == [True, True] and applied[2:] == [False, False]  # one taken, one queued
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    assert inbox.apply_stale(engine, server_key=key, now=later) == 2
+    assert all(events_of(merchant, oid) for oid in orders)
 
 
 # --- carrier polling ----------------------------------------------------------------------

@@ -14,9 +14,10 @@ from sqlmodel import col, select
 from waybill.api import merchant as merchant_api
 from waybill.api.access import owned_or_404
 from waybill.api.spec import operation, parse_body
-from waybill.db import get_engine, get_session
+from waybill.db import get_session
 from waybill.errors import ApiError
 from waybill.integrations import inbox, outbound
+from waybill.integrations.applier import Applier
 from waybill.models import Integration, Order, WebhookReceipt
 from waybill.orders import tracking_url
 
@@ -236,6 +237,20 @@ def email_snippet(order_id: int) -> Any:
 # --- the platforms' webhooks ------------------------------------------------------------------
 
 
+def applier(app: Any) -> Applier:
+    """The app's webhook applier, made on first use."""
+    found = app.extensions.get("waybill.webhook_applier")
+    if found is None:
+        settings = app.config["WAYBILL_SETTINGS"]
+        found = Applier(
+            app.extensions["waybill.engine"],
+            server_key=settings.secret_key,
+            broker=app.extensions.get("waybill.broker"),
+        )
+        found = app.extensions.setdefault("waybill.webhook_applier", found)
+    return found  # type: ignore[no-any-return]
+
+
 @webhooks_bp.post("/webhooks/<platform>/<merchant_id>")
 def platform_webhook(platform: str, merchant_id: str) -> Any:
     """Verified by the platform's own signature, recorded, answered 202, then applied."""
@@ -243,37 +258,32 @@ def platform_webhook(platform: str, merchant_id: str) -> Any:
         raise ApiError(
             413, "payload_too_large", f"a webhook body is at most {inbox.MAX_BODY} bytes"
         )
-    body = request.get_data(cache=False)
-    settings = _settings()
-    db = get_session()
-    try:
-        receipt, updates = inbox.receive(
-            db,
-            merchant_id=merchant_id[:40],
-            platform=platform,
-            body=body,
-            headers=request.headers,
-            query=request.args,
-            server_key=settings.secret_key,
-        )
-    except inbox.Refused as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
-    db.commit()
+    queue = applier(current_app)
+    with queue.answering():  # the applier's lanes give way while webhooks are being taken
+        body = request.get_data(cache=False)
+        settings = _settings()
+        db = get_session()
+        try:
+            receipt, updates = inbox.receive(
+                db,
+                merchant_id=merchant_id[:40],
+                platform=platform,
+                body=body,
+                headers=request.headers,
+                query=request.args,
+                server_key=settings.secret_key,
+            )
+        except inbox.Refused as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        db.commit()
     receipt_id, state = receipt.id, receipt.state
     answer = jsonify({"id": receipt_id, "state": state})
     answer.status_code = 202 if state == "queued" else 200
     if state == "queued":
-        engine, broker = get_engine(), current_app.extensions.get("waybill.broker")
-
-        # After the answer has gone: the platform never waits on the ingest of its history.
+        # After the answer has gone, on the process's applier: the platform never waits on
+        # the ingest of its history, nor on anyone else's.
         @answer.call_on_close
         def _apply() -> None:
-            inbox.apply_now(
-                engine,
-                receipt_id,
-                updates,
-                server_key=settings.secret_key,
-                broker=broker,  # type: ignore[arg-type]
-            )
+            queue.submit(receipt_id, updates, merchant_id=merchant_id)
 
     return answer

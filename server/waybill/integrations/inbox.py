@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -70,6 +70,8 @@ POLLED = ("aftership",)
 MAX_BODY = 256 * 1024
 #: A receipt still queued after this long was not applied by the request that took it.
 STALE_AFTER = timedelta(seconds=30)
+#: Held updates younger than this are looked at again for a parcel that appeared meanwhile.
+STRANDED_WITHIN = timedelta(minutes=10)
 #: The headers that name a webhook's topic, by platform.
 _TOPIC_HEADERS = ("X-Shopify-Topic", "X-WC-Webhook-Topic")
 
@@ -142,6 +144,13 @@ def api_key_of(integration: Integration, server_key: str) -> str | None:
 # --- receiving ----------------------------------------------------------------------------
 
 
+class Received(NamedTuple):
+    """A webhook taken: its receipt, and whether it waits to be applied (``queued``)."""
+
+    id: int
+    state: str
+
+
 def receive(
     session: Session,
     *,
@@ -151,7 +160,7 @@ def receive(
     headers: Mapping[str, str],
     query: Mapping[str, str],
     server_key: str,
-) -> tuple[WebhookReceipt, list[Update]]:
+) -> tuple[Received, list[Update]]:
     """Verify and parse one webhook and record it (queued); :class:`Refused` when it is not
     taken, and then nothing is written. The caller commits, answers, then applies."""
     module = adapter(platform)
@@ -159,20 +168,20 @@ def receive(
         raise Refused(404, "not_found", "no such platform")
     if len(body) > MAX_BODY:
         raise Refused(413, "payload_too_large", f"a webhook body is at most {MAX_BODY} bytes")
-    integration = session.exec(
-        select(Integration).where(
-            Integration.merchant_id == merchant_id, Integration.platform == platform
+    # Core statements, not the ORM: this is the whole of what a platform waits for, and a
+    # burst of a thousand retries is answered at the pace of this function.
+    sealed = session.execute(
+        sa.select(Integration.secret_sealed).where(
+            col(Integration.merchant_id) == merchant_id, col(Integration.platform) == platform
         )
-    ).first()
+    ).scalar()
     # One answer for "no such merchant", "not connected" and "wrong signature": the URL
     # tells nobody which merchants exist.
     unsigned = Refused(401, "unauthorized", f"the {platform} signature does not match")
-    if integration is None:
+    if sealed is None:
         raise unsigned
     try:
-        secret = open_secret(
-            server_key, integration.secret_sealed, _context(merchant_id, platform, "secret")
-        )
+        secret = open_secret(server_key, sealed, _context(merchant_id, platform, "secret"))
     except SealError:
         log.error("integration %s of merchant %s: secret does not open", platform, merchant_id)
         raise unsigned from None
@@ -186,17 +195,22 @@ def receive(
     except PayloadError as exc:
         raise Refused(400, "malformed", f"not a {platform} webhook: {exc}") from None
     topic = next((headers.get(h) for h in _TOPIC_HEADERS if headers.get(h)), None)
-    receipt = WebhookReceipt(
-        merchant_id=merchant_id,
-        platform=platform,
-        topic=(topic or "")[:100] or None,
-        body=text,
-        state="queued" if updates else "ignored",
-        result=None if updates else "nothing to apply (a topic Waybill does not use)",
-    )
-    session.add(receipt)
-    session.flush()
-    return receipt, updates
+    state = "queued" if updates else "ignored"
+    receipt_id = session.execute(
+        sa.insert(WebhookReceipt)
+        .values(
+            merchant_id=merchant_id,
+            platform=platform,
+            topic=(topic or "")[:100] or None,
+            body=text,
+            state=state,
+            result=None if updates else "nothing to apply (a topic Waybill does not use)",
+            received_at=utcnow(),
+            attempts=0,
+        )
+        .returning(WebhookReceipt.id)
+    ).scalar_one()
+    return Received(receipt_id, state), updates
 
 
 # --- applying -----------------------------------------------------------------------------
@@ -284,6 +298,55 @@ def apply_stale(
     return done
 
 
+def release_stranded(
+    engine: Engine, *, server_key: str, broker: Publisher | None = None, now: datetime | None = None
+) -> int:
+    """Release held updates whose parcel or order has appeared without releasing them: made
+    by a transaction that had not yet seen the hold (two workers, on PostgreSQL, at the same
+    moment). Looks at holds between STALE_AFTER and STRANDED_WITHIN old. Returns how many
+    updates it applied."""
+    now = now or utcnow()
+    applied = 0
+    with session_scope(engine, broker=broker) as session:
+        keys = session.exec(
+            select(HeldUpdate.merchant_id, HeldUpdate.key)
+            .where(
+                col(HeldUpdate.created_at) < now - STALE_AFTER,
+                col(HeldUpdate.created_at) >= now - STRANDED_WITHIN,
+            )
+            .distinct()
+            .limit(200)
+        ).all()
+        for merchant_id, key in keys:
+            if not _appeared(session, merchant_id, key):
+                continue
+            merchant = session.get(Merchant, merchant_id)
+            assert merchant is not None
+            with session.begin_nested():
+                notes = release(session, merchant, key, server_key=server_key)
+            log.info("released %d stranded update(s) for %s", len(notes), key)
+            applied += len(notes)
+    return applied
+
+
+def _appeared(session: Session, merchant_id: str, key: str) -> bool:
+    kind, _, rest = key.partition(":")
+    if kind == "order":
+        found = select(Order.id).where(Order.merchant_id == merchant_id, Order.external_id == rest)
+    else:
+        carrier_key, _, number = rest.rpartition(":")
+        found = (
+            select(Shipment.id)
+            .join(Order, col(Order.id) == col(Shipment.order_id))
+            .where(
+                Order.merchant_id == merchant_id,
+                Shipment.carrier_key == carrier_key,
+                Shipment.tracking_number == number,
+            )
+        )
+    return session.exec(found.limit(1)).first() is not None
+
+
 def purge(session: Session, *, now: datetime | None = None) -> int:
     """Forget raw payloads older than ``RECEIPT_DAYS`` (and updates held as long)."""
     before = (now or utcnow()) - timedelta(days=RECEIPT_DAYS)
@@ -355,13 +418,14 @@ def _apply_tracking(
         return f"held: {update.carrier} {update.tracking_number} is not a shipment yet"
     recorded = sum(o.outcome == "recorded" for o in outcomes)
     shipment = next((o.shipment for o in outcomes if o.shipment is not None), None)
+    changes: dict[str, Any] = {}
     if shipment is not None and update.estimated_delivery is not None:
-        with session.begin_nested():  # the carrier's own estimate, shown beside the shop's
-            update_shipment(
-                session=session,
-                shipment=shipment,
-                changes={"estimated_delivery": update.estimated_delivery},
-            )
+        changes["estimated_delivery"] = update.estimated_delivery  # the carrier's own estimate
+    if shipment is not None and update.service and not shipment.service:
+        changes["service"] = update.service  # what the shop did not say, the carrier did
+    if shipment is not None and changes:
+        with session.begin_nested():
+            update_shipment(session=session, shipment=shipment, changes=changes)
     note = f"{update.tracking_number}: {recorded} new of {len(items)} events"
     return note + (f", {refused} not valid" if refused else "")
 

@@ -207,6 +207,7 @@ class Worker:
         key = self.settings.secret_key
         try:  # never in the way of the notifications: a failure here is logged, and waits
             inbox.apply_stale(self.engine, server_key=key, broker=self.broker, now=now)
+            inbox.release_stranded(self.engine, server_key=key, broker=self.broker, now=now)
             poll_schedule.poll_due(self.engine, self.settings, broker=self.broker, now=now)
         except Exception:
             log.exception("integrations: webhooks or polls failed; trying again shortly")
