@@ -268,7 +268,12 @@ def test_an_easypost_tracker_event_records_its_whole_history_and_a_replay_nothin
     assert events[-1]["location"] == "CHARLESTON, SC, US"
     shown = merchant.get(f"/orders/{order['id']}").get_json()
     assert shown["status"] == "delivered"  # what the last detail, delivered, maps to
-    assert shown["shipments"][0]["estimated_delivery"] == "2023-04-26T00:00:00Z"
+    given = shown["shipments"][0]["estimated_delivery"]
+    assert (given["at"], given["latest"], given["source"]) == (
+        "2023-04-26T00:00:00Z",
+        "2023-04-26",
+        "carrier",
+    )
     assert shown["shipments"][0]["service"] == "First-Class Package Service"  # the carrier's
     receipts = merchant.get("/integrations/easypost/webhooks").get_json()["webhooks"]
     assert receipts[0]["state"] == "applied"
@@ -328,7 +333,8 @@ def test_a_shippo_track_update_records_its_whole_history_and_a_replay_nothing(
     assert [e["description"] for e in events] == [h["status_details"] for h in history]
     shown = merchant.get(f"/orders/{order['id']}").get_json()
     assert shown["status"] == "attempted"  # the last entry: TRANSIT/delivery_attempted
-    assert shown["shipments"][0]["estimated_delivery"] == "2023-07-23T00:00:00Z"
+    assert shown["shipments"][0]["estimated_delivery"]["at"] == "2023-07-23T00:00:00Z"
+    assert shown["shipments"][0]["estimated_delivery"]["source"] == "carrier"
     assert shown["shipments"][0]["service"] == "Priority Mail"
     receipts = merchant.get("/integrations/shippo/webhooks").get_json()["webhooks"]
     assert receipts[0]["state"] == "applied"

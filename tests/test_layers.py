@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "services",
         (
             "waybill.ingest",
+            "waybill.eta",
             "waybill.orders",
             "waybill.devices",
             "waybill.notify",

@@ -370,6 +370,7 @@ def test_preferences_defaults_and_validation(shopper: Shopper) -> None:
         "confirmed",
         "processing",
         "in_transit",
+        "estimate_changed",  # a new "arrives by" of the same status: chosen, never by default
     ]
     assert prefs["quiet_hours"] is None and prefs["timezone"] == "UTC"
     bad = {

@@ -115,10 +115,11 @@ def test_a_retry_that_sends_a_new_estimate_and_service_updates_the_same_shipment
     body = again.get_json()
     assert body["id"] == parcel["id"] and body["status"] == "out_for_delivery"
     assert body["service"] == "Saver"
-    assert body["estimated_delivery"] in (LATER_ETA, "2026-12-07T18:00:00+00:00")
+    assert body["estimated_delivery"]["at"] in (LATER_ETA, "2026-12-07T18:00:00+00:00")
+    assert body["estimated_delivery"]["source"] == "merchant"
     now = merchant.get(f"/orders/{order['id']}").get_json()
     assert now["status"] == "out_for_delivery" and len(now["shipments"]) == 1
-    assert now["estimated_delivery"] == body["estimated_delivery"]
+    assert now["estimated_delivery_given"] == body["estimated_delivery"]
     assert now["cursor"] > order["cursor"]  # a change the customer can see
 
 
@@ -210,10 +211,12 @@ def test_patch_changes_estimate_service_and_carrier_and_the_order_viewers_see_it
     body = r.get_json()
     assert body["id"] == parcel["id"] and body["order_id"] == order["id"]
     assert body["status"] == "out_for_delivery" and body["service"] == "Express"
-    assert body["estimated_delivery"] in (LATER_ETA, "2026-12-07T18:00:00+00:00")
+    assert body["estimated_delivery"]["at"] in (LATER_ETA, "2026-12-07T18:00:00+00:00")
+    assert body["estimated_delivery"]["source"] == "merchant"
     (frame,) = live.updates(1)
     assert frame["order"]["shipments"][0]["estimated_delivery"] == body["estimated_delivery"]
-    assert frame["order"]["estimated_delivery"] == body["estimated_delivery"]
+    assert frame["order"]["estimated_delivery_given"] == body["estimated_delivery"]
+    assert frame["order"]["estimated_delivery"]["source"] == "waybill"  # ours, beside theirs
     assert frame["order"] == client.get(f"/api/track/{token_of(order)}").get_json()
 
     r = patch(merchant, parcel["id"], {"carrier": "UPS Freight", "service": "Standard"})

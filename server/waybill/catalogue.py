@@ -50,8 +50,14 @@ _PACKAGES: dict[str, str] = {
 LANGUAGES: tuple[str, ...] = tuple(LABELS)
 #: Moments a customer can choose to hear about that are no status of their own.
 STAGE_LABELS: dict[str, dict[str, str]] = {
-    "en": {"partially_delivered": "One package delivered, others on the way"},
-    "de": {"partially_delivered": "Ein Paket zugestellt, weitere unterwegs"},
+    "en": {
+        "partially_delivered": "One package delivered, others on the way",
+        "estimate_changed": "New delivery estimate",
+    },
+    "de": {
+        "partially_delivered": "Ein Paket zugestellt, weitere unterwegs",
+        "estimate_changed": "Neuer voraussichtlicher Liefertermin",
+    },
 }
 
 

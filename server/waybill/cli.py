@@ -359,5 +359,24 @@ from waybill.tracking.eta_cli import eta  # noqa: E402  (its own module: no Flas
 main.add_command(eta)
 
 
+@eta.command("train")
+@_config_errors
+def eta_train() -> None:
+    """Learn delivery estimates from this database's delivered orders (the worker does it
+    daily); every server process uses the new model within a minute."""
+    from waybill import eta as estimates
+
+    row = estimates.train(_engine(_settings()))
+    click.echo(
+        json.dumps(
+            {
+                "model": row.id,
+                "deliveries": row.deliveries,
+                "trained_at": row.trained_at.isoformat(),
+            }
+        )
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

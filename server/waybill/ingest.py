@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from waybill import eta
 from waybill.auth.login import normalise_email
 from waybill.auth.tokens import new_tracking_token
 from waybill.db import publish_on_commit
@@ -49,6 +50,7 @@ from waybill.tracking.statuses import (
 
 #: The kind of change a parcel's delivery is when the order goes on (see ``_recompute``).
 PARCEL_DELIVERED = outbox.PARCEL_DELIVERED
+ESTIMATE_REVISED = outbox.ESTIMATE_REVISED
 
 
 class Conflict(Exception):
@@ -122,6 +124,7 @@ def create_order(
     )
     session.add(order)
     session.flush()
+    eta.reestimate(session, order, [], stage_at=order.placed_at or order.created_at)
     _record_change(session, order, "order.created", None)
     return order, True
 
@@ -177,6 +180,8 @@ def upsert_shipment(
         tracking_number=data.tracking_number,
         service=data.service,
         estimated_delivery=data.estimated_delivery,
+        estimated_delivery_source="merchant" if data.estimated_delivery else None,
+        estimated_delivery_updated_at=utcnow() if data.estimated_delivery else None,
         status=Status.SHIPPED,
     )
     try:
@@ -243,12 +248,20 @@ def _held_number(
 
 
 def _revise(session: Session, order: Order, shipment: Shipment, changes: dict[str, Any]) -> bool:
-    """Apply the changes that differ from what the shipment says; log them as one change."""
+    """Apply the changes that differ from what the shipment says; log them as one change.
+    ``estimated_delivery_source`` says who gave an ``estimated_delivery`` (the merchant, unless
+    a carrier's update)."""
+    changes = dict(changes)
+    source = changes.pop("estimated_delivery_source", "merchant")
     different = {k: v for k, v in changes.items() if getattr(shipment, k) != v}
     if not different:
         return False
     for name, value in different.items():
         setattr(shipment, name, value)
+    if "estimated_delivery" in different:
+        given = different["estimated_delivery"] is not None
+        shipment.estimated_delivery_source = source if given else None
+        shipment.estimated_delivery_updated_at = utcnow() if given else None
     session.add(shipment)
     _recompute(session, order, "shipment.updated")
     return True
@@ -386,7 +399,15 @@ def _record(
             shipment.status = folded
             shipment.pickup_until = until
             session.add(shipment)
-    _recompute(session, order, "event.recorded", own=own, parcel_delivered=parcel_delivered)
+    _recompute(
+        session,
+        order,
+        "event.recorded",
+        own=own,
+        parcel_delivered=parcel_delivered,
+        stage=status,  # the status this event reports, and when
+        stage_at=occurred_at,
+    )
     return True
 
 
@@ -430,6 +451,8 @@ def _recompute(
     *,
     own: list[TimelineEntry] | None = None,
     parcel_delivered: bool = False,
+    stage: str | None = None,
+    stage_at: datetime | None = None,
 ) -> None:
     """The order's status from its own timeline (``own``, when the caller has read it) and
     its shipments' statuses (each kept current as its events arrive); log the change. A
@@ -445,9 +468,14 @@ def _recompute(
         (s.estimated_delivery for s in shipments), order.estimated_delivery
     )
     order.updated_at = utcnow()
+    moved = eta.reestimate(
+        session, order, shipments, stage_at=stage_at if order.status == stage else None
+    )
     session.add(order)
     if parcel_delivered and not is_terminal(order.status):
         kind = PARCEL_DELIVERED
+    elif moved and order.status == before and kind == "event.recorded":
+        kind = ESTIMATE_REVISED  # the same status, a new "arrives by": a change of its own
     _record_change(session, order, kind, before)
 
 

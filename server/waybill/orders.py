@@ -43,8 +43,8 @@ from waybill.models import (
     ShipmentPublic,
     TrackingEvent,
 )
-from waybill.models.orders import EVENT_CURSOR_PATTERN, EventPage
-from waybill.tracking.statuses import Status
+from waybill.models.orders import EVENT_CURSOR_PATTERN, EstimatePublic, EventPage
+from waybill.tracking.statuses import Status, is_terminal
 
 T = TypeVar("T")
 
@@ -283,7 +283,7 @@ def render_orders(
                     service=s.service,
                     status=s.status,
                     status_label=label(s.status, language),
-                    estimated_delivery=s.estimated_delivery,
+                    estimated_delivery=_given(s),
                     pickup_until=s.pickup_until,
                     **_timeline_fields(
                         events[(order.id, s.id)],  # type: ignore[index]
@@ -298,7 +298,8 @@ def render_orders(
                 totals.get((order.id, None), 0),  # type: ignore[arg-type]
                 language,
             ),
-            estimated_delivery=order.estimated_delivery,
+            estimated_delivery=_ours(order),
+            estimated_delivery_given=_latest_given(order, ships),
             placed_at=order.placed_at,
             created_at=order.created_at,
             updated_at=order.updated_at,
@@ -405,3 +406,41 @@ def event_page(
         events=[_event(e, language) for e in rows],
         next_before=event_cursor(rows[0].occurred_at, rows[0].id) if more else None,
     )
+
+
+def _ours(order: Order) -> EstimatePublic | None:
+    """Waybill's window, while the order is on its way."""
+    if is_terminal(order.status) or order.eta_latest is None:
+        return None
+    return EstimatePublic(
+        earliest=order.eta_earliest or order.eta_latest,
+        latest=order.eta_latest,
+        most_likely=order.eta_most_likely or order.eta_latest,
+        updated_at=order.eta_updated_at or order.updated_at,
+        source="waybill",
+    )
+
+
+def _given(shipment: Shipment) -> EstimatePublic | None:
+    """The date the parcel's merchant or carrier gave, as an estimate of one day."""
+    at = shipment.estimated_delivery
+    if at is None:
+        return None
+    day = at.astimezone(UTC).date()
+    source = "carrier" if shipment.estimated_delivery_source == "carrier" else "merchant"
+    return EstimatePublic(
+        earliest=day,
+        latest=day,
+        most_likely=day,
+        updated_at=shipment.estimated_delivery_updated_at or shipment.created_at,
+        source=source,
+        at=at,
+    )
+
+
+def _latest_given(order: Order, shipments: Sequence[Shipment]) -> EstimatePublic | None:
+    """The order arrives with its last parcel: the latest given date, while it is on its way."""
+    if is_terminal(order.status):
+        return None
+    given = [g for g in (_given(s) for s in shipments) if g is not None]
+    return max(given, key=lambda g: g.at or g.updated_at, default=None)

@@ -421,9 +421,10 @@ def _apply_tracking(
     changes: dict[str, Any] = {}
     if shipment is not None and update.estimated_delivery is not None:
         changes["estimated_delivery"] = update.estimated_delivery  # the carrier's own estimate
+        changes["estimated_delivery_source"] = "carrier"
     if shipment is not None and update.service and not shipment.service:
         changes["service"] = update.service  # what the shop did not say, the carrier did
-    if shipment is not None and changes:
+    if shipment is not None and set(changes) - {"estimated_delivery_source"}:
         with session.begin_nested():
             update_shipment(session=session, shipment=shipment, changes=changes)
     note = f"{update.tracking_number}: {recorded} new of {len(items)} events"

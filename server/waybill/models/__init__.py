@@ -26,6 +26,7 @@ from waybill.models.customers import (
     Sent,
     SignedIn,
 )
+from waybill.models.estimates import EtaModel
 from waybill.models.integrations import (
     CarrierPoll,
     HeldUpdate,
@@ -69,6 +70,7 @@ from waybill.models.types import (
 )
 
 __all__ = [
+    "EtaModel",
     "MAX_BATCH",
     "EventBatchBody",
     "EventBatchItem",

@@ -6,8 +6,8 @@ and outputs share a base per entity where they share fields."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from pydantic import AwareDatetime, StringConstraints, ValidationInfo, field_validator
@@ -46,7 +46,13 @@ class Order(SQLModel, table=True):
     items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     request_hash: str = Field(max_length=64)  # of the creating body, for idempotent retries
     placed_at: datetime | None = ts(nullable=True)
+    # the latest date its shipments' merchants or carriers gave (see tracking.events)
     estimated_delivery: datetime | None = ts(nullable=True)
+    # Waybill's own window (waybill.eta), dates in the customer's zone; set with each event
+    eta_earliest: date | None = None
+    eta_latest: date | None = None  # the "arrives by"
+    eta_most_likely: date | None = None
+    eta_updated_at: datetime | None = ts(nullable=True)
     created_at: datetime = created()
     updated_at: datetime = created()
 
@@ -66,7 +72,9 @@ class Shipment(SQLModel, table=True):
     tracking_number: str = Field(max_length=100)
     service: str | None = Field(default=None, max_length=100)
     status: str = Field(default="shipped", max_length=32)
-    estimated_delivery: datetime | None = ts(nullable=True)
+    estimated_delivery: datetime | None = ts(nullable=True)  # as its merchant or carrier gave it
+    estimated_delivery_source: str | None = Field(default=None, max_length=10)  # merchant|carrier
+    estimated_delivery_updated_at: datetime | None = ts(nullable=True)
     # Until when the parcel waits at its pickup point: set by the newest available_for_pickup
     # event that says so, cleared once the parcel moves on (see ingest._pickup_until).
     pickup_until: datetime | None = ts(nullable=True)
@@ -244,6 +252,20 @@ class EventPage(SQLModel):
     next_before: EventCursor | None  # the cursor to the next (older) page; null at the oldest
 
 
+class EstimatePublic(SQLModel):
+    """When it should arrive: a window of dates and the most likely day. Waybill's own
+    (``source`` ``waybill``, learned from delivered orders, dates in the customer's zone) or
+    the one date a merchant or carrier gave (``merchant``/``carrier``, with that instant as
+    ``at``; its dates are that instant's in UTC)."""
+
+    earliest: date
+    latest: date  # the "arrives by"
+    most_likely: date
+    updated_at: AwareDatetime
+    source: Literal["waybill", "merchant", "carrier"]
+    at: AwareDatetime | None = None
+
+
 class ShipmentPublic(SQLModel):
     id: int
     carrier: str
@@ -251,7 +273,7 @@ class ShipmentPublic(SQLModel):
     service: str | None
     status: StatusName
     status_label: str
-    estimated_delivery: AwareDatetime | None
+    estimated_delivery: EstimatePublic | None  # the merchant's or carrier's, when one gave it
     # until when it waits at its pickup point, while it does (status available_for_pickup)
     pickup_until: AwareDatetime | None
     events: list[EventPublic]  # the latest EVENTS_SHOWN (50), oldest first
@@ -288,7 +310,10 @@ class OrderPublic(SQLModel):
     events_total: int = Field(ge=0)  # the order's own events: latest 50 above, this many in all
     events_before: EventCursor | None  # the cursor to the older ones; null when none left out
     events_truncated: bool  # true when events_total > len(events)
-    estimated_delivery: AwareDatetime | None
+    # Waybill's window while the order is on its way (null once delivered, returned or
+    # cancelled), and beside it the latest date a merchant or carrier gave for its parcels
+    estimated_delivery: EstimatePublic | None
+    estimated_delivery_given: EstimatePublic | None = None
     placed_at: AwareDatetime | None
     created_at: AwareDatetime
     updated_at: AwareDatetime

@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from waybill.notify.preferences import zone
@@ -24,6 +24,7 @@ _PHRASES: dict[str, dict[str, str]] = {
         "in_transit": "is on its way",
         "out_for_delivery": "is out for delivery",
         "partially_delivered": "is partly delivered",
+        "estimate_changed": "has a new delivery estimate",
         "delivered": "has been delivered",
         "attempted": "could not be delivered",
         "available_for_pickup": "is ready for pickup",
@@ -38,6 +39,7 @@ _PHRASES: dict[str, dict[str, str]] = {
         "in_transit": "ist unterwegs",
         "out_for_delivery": "ist in Zustellung",
         "partially_delivered": "ist teilweise zugestellt",
+        "estimate_changed": "hat einen neuen Liefertermin",
         "delivered": "wurde zugestellt",
         "attempted": "konnte nicht zugestellt werden",
         "available_for_pickup": "liegt zur Abholung bereit",
@@ -52,6 +54,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "today": "arriving today",
         "tomorrow": "arriving tomorrow",
         "on": "arriving {date}",
+        "window": "arriving {first} – {last}",
         "from": "From {merchant}",
         "delivered": "Enjoy your order from {merchant}.",
         "partially_delivered": "{merchant}: one package has arrived, the rest is on its way.",
@@ -69,6 +72,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "today": "kommt heute",
         "tomorrow": "kommt morgen",
         "on": "kommt am {date}",
+        "window": "kommt {first} – {last}",
         "from": "Von {merchant}",
         "delivered": "Viel Freude mit deiner Bestellung von {merchant}.",
         "partially_delivered": "{merchant}: Ein Paket ist angekommen, der Rest ist unterwegs.",
@@ -103,6 +107,9 @@ class OrderFacts:
     note: str | None = None
     #: Until when a parcel of the order waits at its pickup point (the latest such deadline).
     pickup_until: datetime | None = None
+    #: Waybill's own window (dates in the reader's zone), when it has one: said instead of
+    #: ``estimated_delivery``, the merchant's or carrier's single date.
+    window: tuple[date, date] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,34 @@ def estimate_phrase(estimate: datetime, now: datetime, language: str, timezone: 
     weekday = _WEEKDAYS[_lang(language)][day.weekday()]
     date = f"{weekday} {day.day}.{day.month}." if language == "de" else f"{weekday} {day:%d %b}"
     return t["on"].format(date=date)
+
+
+_TODAY = {"en": "today", "de": "heute"}
+
+
+def _day_phrase(day: date, today: date, lang: str) -> str:
+    if day == today:
+        return _TODAY[lang]
+    weekday = _WEEKDAYS[lang][day.weekday()]
+    return f"{weekday} {day.day}.{day.month}." if lang == "de" else f"{weekday} {day:%d %b}"
+
+
+def window_phrase(first: date, last: date, now: datetime, language: str, timezone: str) -> str:
+    """Waybill's window as "arriving Tue 14 Dec – Thu 16 Dec" ("arriving tomorrow" for one
+    day), its dates already in the reader's zone."""
+    lang = _lang(language)
+    t = _TEXT[lang]
+    today = now.astimezone(zone(timezone)).date()
+    first = max(first, today)  # a window that began is said from today
+    if last <= first:
+        if last == today:
+            return t["today"]
+        if (last - today).days == 1:
+            return t["tomorrow"]
+        return t["on"].format(date=_day_phrase(last, today, lang))
+    return t["window"].format(
+        first=_day_phrase(first, today, lang), last=_day_phrase(last, today, lang)
+    )
 
 
 def deadline_phrase(deadline: datetime, language: str, timezone: str) -> str:
@@ -159,9 +194,22 @@ def message(facts: OrderFacts, *, language: str, now: datetime, timezone: str = 
         body = t["cancelled"].format(merchant=facts.merchant)
     else:
         body = t["from"].format(merchant=facts.merchant)
-        active = facts.status in ("shipped", "in_transit", "out_for_delivery", "exception")
-        if facts.estimated_delivery and active:
-            body += " — " + estimate_phrase(facts.estimated_delivery, now, lang, timezone)
+        active = facts.status in (
+            "confirmed",
+            "processing",
+            "shipped",
+            "in_transit",
+            "out_for_delivery",
+            "exception",
+            "estimate_changed",
+        )
+        # The carrier's or the shop's own date for this parcel, when one gave it; else ours
+        # (and ours, always, when it is our estimate that changed).
+        given = facts.estimated_delivery if facts.status != "estimate_changed" else None
+        if given and active:
+            body += " — " + estimate_phrase(given, now, lang, timezone)
+        elif facts.window and active:
+            body += " — " + window_phrase(*facts.window, now, lang, timezone)
     return Message(title=title, body=body, lang=lang, note=(facts.note or "").strip())
 
 

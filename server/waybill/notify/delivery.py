@@ -41,6 +41,18 @@ log = logging.getLogger("waybill.notify")
 MAIL_THREADS = 8  # mails sent at once, and SMTP connections open at most, per worker
 
 
+def off_the_loop(work: Callable[[], Any]) -> Any:
+    """Run CPU-heavy ``work`` (seconds of it) on a native thread when this process runs on
+    gevent, so that the event loop keeps answering meanwhile; else right here."""
+    try:
+        from gevent import get_hub, monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return work()
+    if not monkey.is_module_patched("threading"):
+        return work()
+    return get_hub().threadpool.apply(work)
+
+
 class _OrderColumns(NamedTuple):
     """The order columns a notification needs, read without building an ``Order``."""
 
@@ -52,6 +64,7 @@ class _OrderColumns(NamedTuple):
     tracking_token_hash: str
     estimated_delivery: Any
     pickup_until: Any  # the latest deadline of its parcels waiting to be collected, if any
+    window: Any  # (earliest, latest): Waybill's own estimate, dates in the customer's zone
 
 
 @dataclass
@@ -98,6 +111,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._last_cleanup: datetime | None = None
         self._last_inbox: datetime | None = None
+        self._last_retrain_check: datetime | None = None
         self._batches = itertools.count(1)
 
     # --- the loop ----------------------------------------------------------------------------
@@ -188,6 +202,7 @@ class Worker:
             try:
                 self._cleanup()
                 self._integrations()
+                self._retrain()
                 if self.run_until_idle() == 0:
                     self.wake.wait(self.poll_interval)
                     self.wake.clear()
@@ -211,6 +226,22 @@ class Worker:
             poll_schedule.poll_due(self.engine, self.settings, broker=self.broker, now=now)
         except Exception:
             log.exception("integrations: webhooks or polls failed; trying again shortly")
+
+    def _retrain(self) -> None:
+        """Delivery estimates learned again from the delivered orders, once a day (whichever
+        worker finds the newest model a day old first; two at once only store two)."""
+        from waybill import eta
+
+        now = utcnow()
+        if self._last_retrain_check and now - self._last_retrain_check < timedelta(minutes=10):
+            return
+        self._last_retrain_check = now
+        try:
+            if eta.due_for_training(self.engine, now=now):
+                model = off_the_loop(lambda: eta.learn(self.engine, now=now))
+                eta.store(self.engine, model, now=now)
+        except Exception:
+            log.exception("delivery estimates: training failed; trying again in 10 minutes")
 
     def _cleanup(self) -> None:
         now = utcnow()
@@ -272,6 +303,8 @@ class Worker:
                 select(sa.func.max(Shipment.pickup_until))
                 .where(Shipment.order_id == X.order_id)
                 .scalar_subquery(),
+                Od.eta_earliest,  # Waybill's own window: the message says it
+                Od.eta_latest,
             )
             .select_from(X)
             .outerjoin(Od, col(Od.id) == X.order_id)
@@ -283,7 +316,11 @@ class Worker:
         with Session(read_engine(self.engine)) as session:
             joined = session.exec(query).all()  # type: ignore[call-overload]
         rows = [(*r[0:7], r[25]) for r in joined]
-        orders = {r[7]: _OrderColumns(*r[7:14], r[26]) for r in joined if r[7] is not None}
+        orders = {
+            r[7]: _OrderColumns(*r[7:14], r[26], (r[27], r[28]) if r[27] and r[28] else None)
+            for r in joined
+            if r[7] is not None
+        }
         merchants = {r[9]: r[14] for r in joined if r[7] is not None}
         customers = {r[15]: r[15:19] for r in joined if r[15] is not None}
         subs = {r[19]: r[19:25] for r in joined if r[19] is not None}
@@ -346,6 +383,7 @@ class Worker:
                 estimated_delivery=order.estimated_delivery,
                 note=note,
                 pickup_until=order.pickup_until,
+                window=order.window,
             )
             customer_id = order.customer_id
             prefs = prefs_for(customer_id)

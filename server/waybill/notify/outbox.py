@@ -48,6 +48,8 @@ log = logging.getLogger("waybill.notify")
 #: A change of this kind is one parcel delivered while the order goes on: it tells the stage
 #: ``partially_delivered``, not the order's status.
 PARCEL_DELIVERED = "parcel.delivered"
+#: The same status, a new "arrives by" (``eta.reestimate``): for who chose ``estimate_changed``.
+ESTIMATE_REVISED = "estimate.revised"
 
 
 def customer_preferences(customer: Customer) -> preferences.Preferences:
@@ -83,9 +85,10 @@ def enqueue_change(
     session: Session, change: Change, order: Order, *, now: datetime | None = None
 ) -> int:
     """Queue what this change means for each destination; returns how many rows were written."""
-    stage = (
-        preferences.PARTIALLY_DELIVERED if change.kind == PARCEL_DELIVERED else change.status_after
-    )
+    stage = {
+        PARCEL_DELIVERED: preferences.PARTIALLY_DELIVERED,
+        ESTIMATE_REVISED: preferences.ESTIMATE_CHANGED,
+    }.get(change.kind, change.status_after)
     if stage == change.status_before:
         return 0  # a second in_transit scan updates the timeline, not the phone
     now = now or utcnow()

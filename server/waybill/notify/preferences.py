@@ -18,12 +18,17 @@ CHANNELS: tuple[str, ...] = ("push", "email")
 #: One parcel of a split order delivered while another is still on its way: a moment to tell,
 #: though the order's own status (its least advanced parcel) stays as it was.
 PARTIALLY_DELIVERED = "partially_delivered"
-#: What a customer can choose to hear about, in the order screens list them: every status, and
-#: a partial delivery just before the delivery.
-STAGES: tuple[str, ...] = tuple(
-    stage
-    for s in ALL_STATUSES
-    for stage in ((PARTIALLY_DELIVERED, s.value) if s == Status.DELIVERED else (s.value,))
+#: What a customer can choose to hear about, in the order screens list them: every status, a
+#: partial delivery just before the delivery, and a revised estimate last.
+#: The same status, but the "arrives by" date moved (a day or more): off until chosen.
+ESTIMATE_CHANGED = "estimate_changed"
+STAGES: tuple[str, ...] = (
+    *(
+        stage
+        for s in ALL_STATUSES
+        for stage in ((PARTIALLY_DELIVERED, s.value) if s == Status.DELIVERED else (s.value,))
+    ),
+    ESTIMATE_CHANGED,
 )
 LANGUAGES: tuple[str, ...] = ("en", "de")
 #: Statuses on until a customer saves preferences (and for anonymous "notify me").
