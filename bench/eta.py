@@ -15,9 +15,9 @@ latest) and mean window width, counted as ``latest - earliest + 1`` (the days in
 both ends included). Goals: on-time >= the marketplace's; MAE >= 15% below the marketplace's;
 coverage >= 80% with mean width < 12 days. A missed goal never fails the run.
 
-Hyperparameters were chosen on January-April -> May-June and January-March -> April-May,
-never on July-August. ``BENCH_QUICK=1`` changes nothing (the run takes seconds). The last line
-printed is one JSON object.
+Hyperparameters were chosen on January-April -> May-June, January-May -> June and
+January-March -> April-May, never on July-August. ``BENCH_QUICK=1`` changes nothing (the run
+takes seconds). The last line printed is one JSON object.
 """
 
 from __future__ import annotations

@@ -260,3 +260,98 @@ def test_waybill_eta_predict_on_real_orders(tmp_path: Path) -> None:
 
     missing = _predict(history, tmp_path / "nowhere")
     assert missing.returncode != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The additive legs: facts beyond groups
+
+
+def test_a_later_shipping_deadline_gives_a_later_window() -> None:
+    rng = random.Random(5)
+    history = []
+    for i in range(600):
+        bought = T0 - timedelta(hours=4 * i)
+        allowance = rng.choice([2, 10])  # the seller's hand-over deadline, in days
+        handling = rng.randint(0, 2) + (6 if allowance == 10 else 0)
+        r = record(bought, handling, rng.randint(2, 4), seller=f"s{i % 50}")
+        facts = OrderFacts(
+            **{**r.facts.__dict__, "shipping_limit_at": bought + timedelta(allowance)}
+        )
+        history.append(DeliveryRecord(facts, r.handed_over_at, r.delivered_at))
+    model = train(history, CALENDAR)
+    assert "handling" in model.additive
+
+    def facts(allowance: int | None) -> OrderFacts:
+        limit = T0 + timedelta(days=allowance) if allowance is not None else None
+        return OrderFacts(
+            purchased_at=T0, seller_id="s1", origin_region="SP", destination_region="RJ",
+            shipping_limit_at=limit,
+        )  # fmt: skip
+
+    soon, late, unknown = (estimate(model, facts(a)) for a in (2, 10, None))
+    assert late.latest > soon.latest and late.most_likely > soon.most_likely
+    assert soon.latest <= unknown.latest <= late.latest  # unknown: in between
+
+
+def test_a_dearer_freight_to_a_farther_zip_gives_a_later_window() -> None:
+    rng = random.Random(6)
+    history = []
+    for i in range(600):
+        far = rng.random() < 0.5
+        r = record(
+            T0 - timedelta(hours=4 * i), 1, rng.randint(10, 14) if far else rng.randint(2, 4)
+        )
+        facts = OrderFacts(
+            **{**r.facts.__dict__, "freight": 60.0 if far else 10.0,
+               "destination_zip": "69000" if far else "01000", "origin_zip": "01300"}
+        )  # fmt: skip
+        history.append(DeliveryRecord(facts, r.handed_over_at, r.delivered_at))
+    model = train(history, CALENDAR)
+    base = OrderFacts(purchased_at=T0, origin_region="SP", destination_region="RJ")
+    near = estimate(
+        model, OrderFacts(**{**base.__dict__, "freight": 10.0, "destination_zip": "01000"})
+    )
+    far = estimate(
+        model, OrderFacts(**{**base.__dict__, "freight": 60.0, "destination_zip": "69000"})
+    )
+    assert far.earliest > near.latest
+
+
+def test_groups_only_model_still_works() -> None:
+    rng = random.Random(7)
+    history = [
+        record(T0 - timedelta(hours=5 * i), rng.randint(0, 4), rng.randint(2, 9))
+        for i in range(300)
+    ]
+    params = Params(**{**CALENDAR.__dict__, "leg_model": "groups"})
+    model = train(history, params)
+    assert not model.additive
+    facts = OrderFacts(purchased_at=T0, seller_id="s1", origin_region="SP", destination_region="RJ")
+    e = estimate(Model.from_json(model.to_json()), facts)
+    assert T0.date() <= e.earliest <= e.most_likely <= e.latest
+    bare = estimate(Model(params=Params()), facts)  # no history at all: still a window
+    assert T0.date() <= bare.earliest <= bare.latest
+
+
+def test_load_reads_the_deadline_and_survives_its_absence(tmp_path: Path) -> None:
+    from waybill.tracking.eta_cli import load
+
+    def write(name: str, rows: list[dict[str, str]]) -> None:
+        with (tmp_path / name).open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write("orders.csv", [dict(zip(ALLOWED, ["o1", "c1", "2017-03-01 10:00:00", ""], strict=True))])
+    write("customers.csv", [{"customer_id": "c1", "customer_zip_code_prefix": "1000",
+                             "customer_city": "sp", "customer_state": "SP"}])  # fmt: skip
+    item = {"order_id": "o1", "order_item_id": "1", "product_id": "p", "seller_id": "s",
+            "shipping_limit_date": "2017-03-07 10:00", "price": "10",
+            "freight_value": "5"}  # fmt: skip
+    write("order_items.csv", [item])
+    (facts,) = [o.facts for o in load(tmp_path, history=False)]
+    assert facts is not None and facts.shipping_limit_at == datetime(2017, 3, 7, 10, 0)
+    assert facts.items == 1
+    write("order_items.csv", [{k: v for k, v in item.items() if k != "shipping_limit_date"}])
+    (facts,) = [o.facts for o in load(tmp_path, history=False)]
+    assert facts is not None and facts.shipping_limit_at is None

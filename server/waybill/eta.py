@@ -180,8 +180,10 @@ def window_for(
     row_id, model = _loaded.get(session)
     model_key = (id(model), row_id)
     _models.setdefault(model_key, model)
-    customer = session.get(Customer, order.customer_id)
-    local = zone((customer.timezone if customer else None) or order.customer_timezone or "UTC")
+    saved = session.execute(  # the customer's own zone wins; a column, not the whole row
+        sa.select(Customer.timezone).where(col(Customer.id) == order.customer_id)
+    ).scalar()
+    local = zone(saved or order.customer_timezone or "UTC")
     # The parcel in the order's status (the order is as far as its least advanced parcel).
     parcel = next((s for s in shipments if s.status == order.status), None)
     parcel = parcel or next(iter(shipments), None)

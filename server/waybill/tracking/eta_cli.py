@@ -85,6 +85,7 @@ def load(folder: Path, *, history: bool) -> list[OlistOrder]:
         customer = customers.get(seen["customer_id"], {})
         lines = sorted(items.get(order_id, []), key=lambda r: _number(r.get("order_item_id")) or 0)
         seller = sellers.get(lines[0].get("seller_id", ""), {}) if lines else {}
+        limits = [t for t in (_time(line.get("shipping_limit_date")) for line in lines) if t]
         weight = volume = freight = price = 0.0
         known_weight = known_volume = bool(lines)
         for line in lines:
@@ -114,6 +115,8 @@ def load(folder: Path, *, history: bool) -> list[OlistOrder]:
             volume_cm3=volume if known_volume else None,
             freight=freight if lines else None,
             price=price if lines else None,
+            shipping_limit_at=min(limits) if limits else None,
+            items=len(lines) or None,
         )
         if not history:
             orders.append(OlistOrder(order_id, facts))
