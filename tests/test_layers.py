@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "waybill.ingest",
             "waybill.eta",
+            "waybill.observe",
             "waybill.orders",
             "waybill.devices",
             "waybill.notify",

@@ -15,6 +15,7 @@ from waybill.api import (
     find_order,
     integrations,
     merchant,
+    ops,
     order_preferences,
     preferences,
     push_key,
@@ -89,5 +90,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     oidc.init_app(app)
     notify.init_app(app)  # VAPID keys, the outbox worker
     hub.init_app(app)  # live updates over /ws
+    ops.init_app(app)  # /healthz, /readyz, /metrics; a JSON log line per request
     security.init_app(app)  # last: headers and rate limits attach to every registered route
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -260,6 +261,30 @@ def alembic_config(engine: Engine, secret_key: str | None = None) -> AlembicConf
     if secret_key:
         cfg.attributes["secret_key"] = secret_key
     return cfg
+
+
+@functools.lru_cache(maxsize=1)
+def schema_heads() -> frozenset[str]:
+    """The revisions this code's migrations end in."""
+    from alembic.script import ScriptDirectory
+
+    return frozenset(ScriptDirectory.from_config(alembic_config_static()).get_heads())
+
+
+def alembic_config_static() -> AlembicConfig:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def schema_revisions(engine: Engine) -> frozenset[str]:
+    """The revisions the database says it is at (none: never migrated)."""
+    with read_engine(engine).connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return frozenset()
+        return frozenset(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
 
 
 def migrate(engine: Engine, *, secret_key: str | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from waybill import eta
+from waybill import eta, observe
 from waybill.auth.login import normalise_email
 from waybill.auth.tokens import new_tracking_token
 from waybill.db import publish_on_commit
@@ -310,7 +310,13 @@ def record_shipment_event(
     )
 
 
-def _record(
+def _record(*args: Any, **kwargs: Any) -> bool:
+    """:func:`_record_event`, timed (``waybill_event_ingest_seconds``)."""
+    with observe.timed(observe.INGEST):
+        return _record_event(*args, **kwargs)
+
+
+def _record_event(
     session: Session,
     order: Order,
     shipment: Shipment | None,

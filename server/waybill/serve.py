@@ -112,6 +112,29 @@ class Server(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings)
 
 
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir(settings: Settings) -> str:
+    """Before the workers fork (and before anything imports prometheus-client, which reads
+    this at import): the directory each worker writes its metric files to, emptied of an
+    earlier run's. ``PROMETHEUS_MULTIPROC_DIR`` when set, else ``<instance>/metrics``."""
+    path = os.environ.get(METRICS_ENV) or os.path.join(str(settings.instance_dir), "metrics")
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(path, name))
+    os.environ[METRICS_ENV] = path
+    return path
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    """A worker ended: its live gauges (open sockets) stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def options(*, host: str, port: int, workers: int, connections: int) -> dict[str, Any]:
     return {
         "bind": f"{host}:{port}",
@@ -127,6 +150,7 @@ def options(*, host: str, port: int, workers: int, connections: int) -> dict[str
         "loglevel": "info",
         "proc_name": "waybill",
         "control_socket_disable": True,  # one fixed path would clash between servers
+        "child_exit": _child_exit,
     }
 
 
@@ -149,4 +173,5 @@ def run(settings: Settings, *, host: str, port: int, workers: int | None) -> Non
             file=sys.stderr,
             flush=True,
         )
+    prepare_metrics_dir(settings)
     Server(settings, options(host=host, port=port, workers=count, connections=connections)).run()

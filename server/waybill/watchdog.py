@@ -64,6 +64,9 @@ class LoopWatch:
             if late >= self.warn_after:
                 self.blocks += 1
                 log.warning("event loop blocked for %d ms", late * 1000)
+                from waybill import observe  # here: prometheus-client reads its mode at import
+
+                observe.loop_blocked(late)
 
     def summary(self) -> str:
         return (

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from waybill import observe
 from waybill.config import Settings
 from waybill.db import read_engine
 from waybill.models import Customer, Merchant, Order, Shipment, TrackingEvent, utcnow
@@ -173,6 +174,8 @@ class Worker:
         outcomes = [
             self._push_outcome(row_id, r) for row_id, r in zip(batch.rows, results, strict=True)
         ]
+        for r in results:
+            observe.NOTIFICATIONS.labels("push", r.outcome).inc()
         outcomes += [_outcome_of(f) for f in batch.others]
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             outbox.record(
@@ -483,6 +486,7 @@ class Worker:
             except Exception as exc:
                 log.exception("outbox row %s: %s failed", row_id, what)
                 outcome = outbox.Outcome(row_id, "retry", describe_error(exc))
+            observe.NOTIFICATIONS.labels(what, outcome.result).inc()
             try:
                 outbox.record_one(self.engine, outcome, owner=token, now=utcnow())
             except Exception:  # the batch's own record takes it instead

@@ -67,5 +67,7 @@ class OutboxMessage(SQLModel, table=True):
     lease_until: datetime | None = ts(nullable=True)
     lease_owner: str | None = Field(default=None, max_length=64)  # batch token; kept once sent
     last_error: str | None = Field(default=None, max_length=300)
+    # the request that queued it (its X-Request-ID), to follow one request into its messages
+    request_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = created()
     done_at: datetime | None = ts(nullable=True)

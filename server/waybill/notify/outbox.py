@@ -188,7 +188,15 @@ def _row(
         due_at=due,
         deadline=max(due, now) + (PUSH_DEADLINE if channel == "push" else EMAIL_DEADLINE),
         created_at=now,
+        request_id=_request_id(),
     )
+
+
+def _request_id() -> str | None:
+    """The id of the request queuing this row (none from the worker or the CLI)."""
+    from flask import g, has_request_context
+
+    return g.get("request_id") if has_request_context() else None
 
 
 def _superseding(waiting: sa.ColumnElement[bool]) -> sa.Update:

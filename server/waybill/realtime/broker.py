@@ -110,6 +110,10 @@ class RedisBroker:
         self._start_lock = threading.Lock()
         self.subscribed = threading.Event()  # set while the subscription is live
 
+    def ping(self) -> None:
+        """Raises when Redis does not answer (``/readyz``)."""
+        self._redis.ping()
+
     def publish(self, message: Message) -> None:
         """Publish after a commit; a broker outage is logged, never raised into the request."""
         import redis

@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from waybill import observe
 from waybill.models import Change, Order
+from waybill.models.types import utcnow
 from waybill.orders import render_orders
 from waybill.realtime.registry import Registry
 from waybill.realtime.transport import json_bytes, updated_frame
@@ -98,7 +101,7 @@ class Dispatcher:
         registry = self.registry
         with Session(self.engine) as session:
             rows = session.exec(
-                select(Change.id, Change.order_id, Change.customer_id)
+                select(Change.id, Change.order_id, Change.customer_id, Change.created_at)
                 .where(Change.id > registry.hwm)
                 .order_by(Change.id)  # type: ignore[arg-type]
                 .limit(limit)
@@ -106,7 +109,7 @@ class Dispatcher:
         rows = self._without_gaps(list(rows))
         if not rows:
             return False
-        owner = {order_id: customer_id for _, order_id, customer_id in rows}
+        owner = {order_id: customer_id for _, order_id, customer_id, _ in rows}
         with registry.lock:
             wanted = self._wanted(owner)
         bodies = self._render_wanted(wanted)
@@ -119,6 +122,11 @@ class Dispatcher:
                     registry.hwm = rows[-1][0]
                     break
             bodies.update(self._render_wanted(missing))
+        now = utcnow()
+        for row in rows:
+            if row[3] is not None:
+                at = row[3] if row[3].tzinfo else row[3].replace(tzinfo=UTC)
+                observe.DISPATCH_LAG.observe(max((now - at).total_seconds(), 0.0))
         return len(rows) == limit
 
     def _wanted(self, owner: dict[int, int]) -> dict[str, set[int]]:
@@ -140,7 +148,7 @@ class Dispatcher:
         goes out while any wanted body is missing: the missing ones are returned instead."""
         by_customer, by_order = self.registry.by_customer, self.registry.by_order
         missing: dict[str, set[int]] = {}
-        for _change_id, order_id, customer_id in rows:
+        for _change_id, order_id, customer_id, *_ in rows:
             for conn in by_customer.get(customer_id, ()):
                 if (order_id, conn.scope.language) not in bodies:
                     missing.setdefault(conn.scope.language, set()).add(order_id)
@@ -148,7 +156,7 @@ class Dispatcher:
                 missing.setdefault("en", set()).add(order_id)
         if missing and not final:
             return missing
-        for change_id, order_id, customer_id in rows:
+        for change_id, order_id, customer_id, *_ in rows:
             frames: dict[str, bytes] = {}
             for conn in list(by_customer.get(customer_id, ())):
                 lang = conn.scope.language

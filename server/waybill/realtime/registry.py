@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from waybill import observe
 from waybill.auth.sessions import IDLE_EXPIRY
 from waybill.models import AuthSession, Change, Order, utcnow
 from waybill.realtime.transport import (
@@ -110,6 +111,7 @@ class Registry:
             assert scope.order_id is not None
             self.by_order.setdefault(scope.order_id, set()).add(conn)
         self.count += 1
+        observe.SOCKETS.inc()
         self._opened_since_freeze += 1  # the dispatcher freezes them within a second
         conn.last = self.hwm
         conn.write(hello_frame(self.hwm))
@@ -126,6 +128,7 @@ class Registry:
         if conns is not None and conn in conns:
             conns.discard(conn)
             self.count -= 1
+            observe.SOCKETS.dec()
             self._closed_since_collect += 1
             if not conns:
                 del index[key]  # type: ignore[arg-type]

@@ -11,6 +11,8 @@ its events is recorded. A shipment's ``estimated_delivery`` keeps the date a mer
 carrier gave, now with ``estimated_delivery_source`` (``merchant`` | ``carrier``) and when it was
 set: existing ones came through the merchant API, so they are the merchant's. ``eta_model`` holds the estimator
 learned from delivered orders (``waybill eta train``, and the worker daily), newest row in use.
+An outbox row keeps the id of the request that queued it (``request_id``), as the request's log
+line does.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def upgrade() -> None:
             estimated_delivery_updated_at=shipment.c.created_at,  # when, at the latest
         )
     )
+    op.add_column("notify_outbox", sa.Column("request_id", sa.String(64), nullable=True))
     op.create_table(
         "eta_model",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -60,6 +63,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("eta_model")
+    op.drop_column("notify_outbox", "request_id")
     op.drop_column("shipment", "estimated_delivery_updated_at")
     op.drop_column("shipment", "estimated_delivery_source")
     for name in ("eta_updated_at", "eta_most_likely", "eta_latest", "eta_earliest"):
