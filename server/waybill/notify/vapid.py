@@ -74,12 +74,20 @@ def load_vapid(settings: Settings, *, create: bool = True) -> VapidKeys:
             serialization.NoEncryption(),
         )
         private_dir(path.parent)
+        # Written whole under another name, then linked into place: a worker starting beside
+        # this one sees no key or the whole key, never a half-written file.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(tmp, path)
         except FileExistsError:  # another process made it first: use theirs
             pass
         else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
             return VapidKeys(key)
+        finally:
+            tmp.unlink(missing_ok=True)
     return VapidKeys(parse_private_key(path.read_text()))
