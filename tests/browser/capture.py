@@ -37,8 +37,9 @@ ICONS = Path(__file__).resolve().parents[2] / "web" / "icons"
 
 
 def seed_through_the_api(app: Any) -> dict[str, int]:
-    """A second shop's late order (its estimate two days past) and a parcel at a Packstation,
-    sent the way a shop sends them: the merchant API with its key. Their order ids."""
+    """A second shop's late order (Waybill's window for it ended two days ago, the shop's own
+    date too) and a parcel at a Packstation, sent the way a shop sends them: the merchant API
+    with its key. Their order ids."""
     shop = make_merchant(app, app.test_client(), name="Nordlicht Home")
     now = datetime.now(UTC)
 
@@ -71,6 +72,15 @@ def seed_through_the_api(app: Any) -> dict[str, int]:
     )
     scan(parcel, "in_transit", at(days=5), location="Leipzig hub", description="Sorted")
     scan(parcel, "in_transit", at(days=3), location="Kassel", description="In transit")
+    # The server estimates a window with each event, from its prior (1-3 working days to hand
+    # over, 1-7 in transit): still ahead for this one. Its "arrives by" is written straight
+    # into the order row (eta_*) to show a late order as a customer would meet one.
+    ended = (now - timedelta(days=2)).date()
+    with session_scope(app.extensions["waybill.engine"]) as session:
+        row = session.get(Order, late["id"])
+        assert row is not None
+        row.eta_earliest, row.eta_latest = ended - timedelta(days=2), ended
+        row.eta_most_likely = ended
 
     pickup = order("NH-2042", "Ceramic teapot", 4)
     parcel = shop.add_shipment(

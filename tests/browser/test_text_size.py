@@ -19,7 +19,7 @@ import pytest
 from tests.browser.conftest import LiveServer, sign_in
 from tests.browser.test_screens import api, push_subscription
 from tests.browser.test_settings_screens import save_preferences
-from tests.browser.test_truthful_screens import ago, order_with
+from tests.browser.test_truthful_screens import ago, order_with, window_passed
 
 pytestmark = pytest.mark.browser
 
@@ -121,6 +121,7 @@ def screens(server: LiveServer, email: str) -> dict[str, str]:
         ("in_transit", ago(days=5), {"location": "Leipzig"}),
         estimated_delivery=ago(days=4),
     )
+    window_passed(server, late)  # late by Waybill's window, not only by the shop's date
     attempted = order_with(
         server,
         email,

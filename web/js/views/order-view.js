@@ -89,13 +89,74 @@ export function pickupUntil(order, event) {
   return own || ships.map((s) => s.pickup_until).filter(Boolean).reduce(latest, null);
 }
 
-export const estimateOf = (order) =>
-  order.estimated_delivery || (order.shipments || []).map((s) => s.estimated_delivery).find(Boolean) || null;
+/** A calendar date "2026-12-14" of the server's (a day already in the customer's zone) as a
+ * time value that is that day wherever it is formatted with timeZone 'UTC': noon of that day,
+ * never midnight UTC, which a zone west of Greenwich would show as the day before. */
+function calendarDay(ymd) {
+  const [y, m, d] = String(ymd).split('-').map(Number);
+  return Date.UTC(y, m - 1, d, 12);
+}
+
+const SHORT_DAY = { weekday: 'short', day: 'numeric', month: 'short' };
+
+/** "Monday, December 14" (German "Montag, 14. Dezember") of a calendar date "2026-12-14":
+ * formatDayIn for a day that is no instant. */
+export function formatCalendarDay(ymd) {
+  return new Intl.DateTimeFormat(language(), { timeZone: 'UTC', weekday: 'long', day: 'numeric', month: 'long' })
+    .format(calendarDay(ymd));
+}
+
+/** "Mon, Dec 14 – Wed, Dec 16" (German "Mo., 14. – Mi., 16. Dez.") of two calendar dates;
+ * "Wed, Dec 16" when they are the same day. */
+export function formatDays(first, last) {
+  const f = new Intl.DateTimeFormat(language(), { ...SHORT_DAY, timeZone: 'UTC' });
+  const [a, b] = [first, last].sort();
+  return a === b ? f.format(calendarDay(a)) : f.formatRange(calendarDay(a), calendarDay(b));
+}
+
+/** The day a merchant or carrier gave, in the viewer's zone: `day` ("2026-12-16", to compare),
+ * `short` ("Wed, Dec 16") and `long` ("Wednesday, December 16"). A date given without a time
+ * (the carriers' "2026-12-16") reaches us as midnight UTC: that one is the date itself, in
+ * every zone, not the evening before in the Americas. */
+function givenDay(given, zone) {
+  const at = given.at ? new Date(given.at) : null;
+  const dateOnly = !at || (at.getUTCHours() === 0 && at.getUTCMinutes() === 0 && at.getUTCSeconds() === 0
+    && at.getUTCMilliseconds() === 0);
+  if (dateOnly && given.latest) {
+    return { day: given.latest, short: formatDays(given.latest, given.latest), long: formatCalendarDay(given.latest) };
+  }
+  return {
+    day: dayOf(at, zone),
+    short: new Intl.DateTimeFormat(language(), { ...SHORT_DAY, timeZone: zone }).format(at),
+    long: formatDayIn(at, zone),
+  };
+}
+
+const GIVEN_BY = { carrier: 'order.givenCarrier', merchant: 'order.givenShop' };
+
+/**
+ * What is estimated of an order still on its way (both null once it is delivered, returned or
+ * cancelled): `ours`, Waybill's window ({ earliest, latest: the "arrives by", most_likely },
+ * calendar dates in the customer's zone), and `given`, the latest date a merchant or carrier
+ * gave ({ source, at, ... }).
+ */
+export function estimateOf(order) {
+  if (TERMINAL.has(order.status)) return { ours: null, given: null };
+  const own = order.estimated_delivery;
+  let ours = own && typeof own === 'object' && own.latest && (own.source ?? 'waybill') === 'waybill' ? own : null;
+  let given = order.estimated_delivery_given ?? null;
+  if (given === null && own && typeof own === 'object' && own.source && own.source !== 'waybill') given = own;
+  // An answer kept offline from before windows: its estimate was the shop's bare instant.
+  if (typeof own === 'string') { ours = null; given = { at: own, source: null }; }
+  if (given && !given.at && !given.latest) given = null;
+  return { ours, given };
+}
 
 /**
  * What is known about when the order arrives, worded from the facts (status, the time of the
- * latest scan of that status, the estimate and whether its day has passed) in the viewer's zone:
- * `group` (home's heading), `lines` (what to say, first the main one) and `late`.
+ * latest scan of that status, Waybill's window and the date a merchant or carrier gave, and
+ * whether they have passed) in the viewer's zone: `group` (home's heading), `lines` (what to
+ * say, first the main one) and `late`.
  */
 export function outlook(order, zone, now = Date.now()) {
   const status = order.status;
@@ -120,32 +181,46 @@ export function outlook(order, zone, now = Date.now()) {
     const by = until ? t(ended ? 'order.pickupEnded' : 'order.pickupBy', { date: formatDeadlineIn(until, zone) }) : null;
     return { group: 'action', lines: [by, where, note].filter(Boolean), late: ended };
   }
-  const eta = estimateOf(order);
-  const etaDay = eta ? dayOf(eta, zone) : null;
-  const late = Boolean(etaDay && etaDay < today);
+  const { ours, given } = estimateOf(order);
+  const theirs = given ? givenDay(given, zone) : null;
+  // Theirs beside ours, saying whose it is (a date of unknown origin: "Expected …").
+  const theirLine = theirs ? t(GIVEN_BY[given.source] || 'order.expected', { date: theirs.short }) : null;
+  // Late once the "arrives by" has passed: our window's last day, else the date they gave.
+  const late = ours ? ours.latest < today : Boolean(theirs && theirs.day < today);
+  const lateLine = late ? t('order.expectedLate', { date: ours ? formatCalendarDay(ours.latest) : theirs.long }) : null;
+  const outToday = status === 'out_for_delivery' && latest && dayOf(latest.occurred_at, zone) === today;
+  const arrivesToday = Boolean(outToday || ours?.latest === today || theirs?.day === today);
   let main;
   if (status === 'attempted') {
     main = latest ? t('order.attemptedOn', { date: formatDayIn(latest.occurred_at, zone) }) : null;
-  } else if (status === 'out_for_delivery' && latest && dayOf(latest.occurred_at, zone) === today) {
-    return { group: 'today', lines: [t('order.expectedToday')], late: false };
-  } else if (etaDay === today) {
+  } else if (outToday) {
+    main = t('order.expectedToday');
+  } else if (status === 'out_for_delivery' && latest) {
+    // On the van since another day: say since when (and, below, that it is late).
+    main = t('order.outSince', { date: formatDayIn(latest.occurred_at, zone) });
+  } else if (arrivesToday) {
     main = t('order.expectedToday');
   } else if (late) {
-    main = t('order.expectedLate', { date: formatDayIn(eta, zone) });
-  } else if (status === 'out_for_delivery' && latest) {
-    main = t('order.outSince', { date: formatDayIn(latest.occurred_at, zone) });
-  } else if (eta) {
-    main = t('order.expected', { date: formatDayIn(eta, zone) });
+    main = lateLine;
+  } else if (ours) {
+    // A day of the window already gone is no day it can still come on.
+    const first = ours.earliest && ours.earliest > today ? ours.earliest : today;
+    main = t('order.arriving', { dates: formatDays(first, ours.latest) });
+  } else if (theirs) {
+    main = theirLine;
   } else {
     main = t('order.noEstimate');
   }
   const lines = [main];
   // An attempt or a delay with the carrier's word on what happens next.
   if (NEEDS_YOU.has(status) && note) lines.push(note);
-  if (status === 'attempted' && late) lines.push(t('order.expectedLate', { date: formatDayIn(eta, zone) }));
-  let group = etaDay === today ? 'today' : 'onTheWay';
+  if ((status === 'attempted' || (status === 'out_for_delivery' && !outToday)) && late) lines.push(lateLine);
+  if (theirLine && main !== theirLine) lines.push(theirLine);
+  const stale = status === 'out_for_delivery' && latest && !outToday;
+  let group = arrivesToday && !stale ? 'today' : 'onTheWay';
   if (NEEDS_YOU.has(status)) group = 'action';
-  return { group, lines: lines.filter(Boolean), late };
+  // "Arriving today" (a scan or a date of today) is not marked late beside its own words.
+  return { group, lines: lines.filter(Boolean), late: late && (status === 'attempted' || !arrivesToday) };
 }
 
 /** How many of a long timeline, and of a long item list, show before "Show all". */
