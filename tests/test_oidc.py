@@ -24,6 +24,7 @@ from werkzeug.serving import make_server
 
 from tests.conftest import make_settings
 from tests.utils.factories import make_merchant
+from tests.utils.wsgi import files_read_whole
 from waybill import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def provider_and_waybill(instance_dir: Path) -> Iterator[tuple[str, str]]:
             oidc_client_secret=CLIENT_SECRET,
         )
     )
-    server = make_server("127.0.0.1", app_port, app, threaded=True)
+    server = make_server("127.0.0.1", app_port, files_read_whole(app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -22,6 +22,7 @@ from werkzeug.serving import make_server
 from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, make_merchant
 from tests.utils.pages import wait_until
+from tests.utils.wsgi import files_read_whole
 from waybill import create_app
 from waybill.auth.models import Passkey, PasskeyChallenge
 from waybill.db import session_scope
@@ -158,7 +159,7 @@ def localhost_server(tmp_path: Path, migrated_template: Path) -> Iterator[tuple[
     port = _free_port()
     url = f"http://localhost:{port}"
     app = create_app(make_settings(instance, base_url=url))
-    server = make_server("127.0.0.1", port, app, threaded=True)
+    server = make_server("127.0.0.1", port, files_read_whole(app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -10,6 +10,7 @@ from flask import Flask
 
 from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, make_merchant
+from tests.utils.wsgi import files_read_whole
 from waybill import create_app
 from waybill.auth import login
 from waybill.db import session_scope
@@ -210,7 +211,7 @@ def test_wrong_tokens_on_the_socket_share_the_tracking_budget(instance_dir, merc
     if not any(rule.rule == "/ws" for rule in app.url_map.iter_rules()):
         _close(app)
         pytest.skip("no /ws yet")
-    server = make_server("127.0.0.1", port, app, threaded=True)
+    server = make_server("127.0.0.1", port, files_read_whole(app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

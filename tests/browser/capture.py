@@ -26,6 +26,7 @@ from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, free_port
 from tests.browser.test_text_size import big_text
 from tests.conftest import make_settings
 from tests.utils.factories import make_merchant
+from tests.utils.wsgi import files_read_whole
 from waybill import create_app
 from waybill.auth import login
 from waybill.auth.tokens import tracking_token
@@ -142,7 +143,7 @@ def main(out: Path) -> None:
             page.locator("#preferences button[type=submit]").click()
             page.locator("#settings-status").filter(has_text="saved").wait_for()
 
-        server = make_server("127.0.0.1", port, app, threaded=True)
+        server = make_server("127.0.0.1", port, files_read_whole(app), threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         screens = {
             "tracking": f"/t/{token}",

@@ -21,6 +21,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
 from tests.utils.smtp import SMTPServer
+from tests.utils.wsgi import files_read_whole
 from waybill import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -90,7 +91,7 @@ def live_server(
         extra={"rate_limits": {"tracking_wrong_token_per_ip": "1000/minute"}},
     )
     app = create_app(settings)
-    server: BaseWSGIServer = make_server("127.0.0.1", port, app, threaded=True)
+    server: BaseWSGIServer = make_server("127.0.0.1", port, files_read_whole(app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
     client = app.test_client()
