@@ -77,8 +77,8 @@ def spaced(text: str) -> str:
 
 
 def window_en(first: date, last: date) -> str:
-    """ "Tue, Dec 15 – Thu, Dec 17" (Intl's range: thin spaces around the dash, the years only
-    when they differ); one day alone when first is last."""
+    """ "Tue, Dec 15 – Thu, Dec 17" (Intl's range, its spaces as ``spaced`` makes them: the
+    years only when they differ); one day alone when first is last."""
     if first == last:
         return day_en(first)
     year = first.year != last.year
@@ -279,7 +279,7 @@ def test_an_order_on_its_way_shows_our_window_and_the_shops_date_beside_it(
     home.goto(live_server.url + "/")
     card(home, order).wait_for()
     assert group_of(home, order) == "On the way"
-    lines = card(home, order).locator(".sub").all_inner_texts()
+    lines = [spaced(line) for line in card(home, order).locator(".sub").all_inner_texts()]
     assert lines[-2:] == [arriving, theirs]
 
 

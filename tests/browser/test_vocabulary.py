@@ -91,6 +91,9 @@ def test_settings_list_exactly_the_stages_the_api_gives(
     labels = [s[1] for s in page.evaluate(SWITCHES)]
     assert "Zurück an Absender" in labels and "Verzögert" in labels
     assert "Ein Paket zugestellt, weitere unterwegs" in labels  # a moment, not a status
+    # A new "arrives by" is a moment too, listed from the catalogue, and off until chosen.
+    estimate = page.get_by_role("switch", name="Neuer voraussichtlicher Liefertermin")
+    assert estimate.count() == 1 and not estimate.is_checked()
     # Saving sends every stage back as shown.
     page.get_by_role("switch", name="Wird vorbereitet").check()
     page.get_by_role("button", name="Einstellungen speichern").click()
