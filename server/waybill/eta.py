@@ -122,15 +122,6 @@ def prior() -> est.Model:
     return est.train(records)
 
 
-def facts_of(order: Order, carrier: str | None, service: str | None) -> est.OrderFacts:
-    return est.OrderFacts(
-        purchased_at=order.placed_at or order.created_at,
-        seller_id=order.merchant_id,
-        carrier=carrier,
-        service=service,
-    )
-
-
 @lru_cache(maxsize=8192)
 def _window(
     model_key: tuple[int, int],
@@ -140,7 +131,6 @@ def _window(
     purchased: date,
     stage: str,
     stage_day: date,
-    today: date,
 ) -> Window:
     """One estimate, by everything it depends on (the same facts on the same day: the same
     window), so that a burst of scans costs one estimate per parcel and day."""
@@ -154,7 +144,7 @@ def _window(
     e = est.estimate(
         model,
         facts,
-        now=datetime.combine(today, datetime.min.time()),
+        now=datetime.combine(stage_day, datetime.min.time()),  # as of the latest news
         stage=stage,
         stage_at=datetime.combine(stage_day, datetime.min.time()),
     )
@@ -202,8 +192,7 @@ def window_for(
         parcel.service if parcel else None,
         purchased,
         str(order.status),
-        stage_day,
-        stage_day,  # as of the latest news: a window that passes without any says "late"
+        stage_day,  # the window is as of the latest news: one that passes without any is late
     )
 
 
