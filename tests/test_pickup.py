@@ -295,7 +295,7 @@ def mailing_app(instance_dir: Path, smtp: SMTPServer) -> Iterator[Flask]:
 def send_due(app: Flask) -> None:
     worker = Worker(app.extensions["waybill.engine"], app.config["WAYBILL_SETTINGS"])
     try:
-        worker.run_until_idle(now=datetime(2026, 12, 3, 9, 0, tzinfo=UTC))
+        worker.run_until_idle()  # now: rows are due from when they were written
     finally:
         worker.stop()
 
