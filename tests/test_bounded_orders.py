@@ -8,7 +8,7 @@ access rules."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -17,14 +17,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session as OrmSession
 
-from tests.conftest import make_settings
-from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.test_realtime import LiveClient
 from tests.test_realtime import connect as connect  # a fixture
 from tests.test_realtime import live_server as live_server  # a fixture
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
-from waybill import create_app
-from waybill.db import migrate, session_scope
+from waybill.db import session_scope
 from waybill.ingest import record_order_event, record_shipment_event
 from waybill.models import Order, OrderEventCreate, Shipment, ShipmentEventCreate
 from waybill.orders import (
@@ -155,27 +152,10 @@ class Readers:
 READERS = ("merchant", "customer", "tracking")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> Iterator[tuple[Flask, FlaskClient]]:
-    """The app on SQLite, and on PostgreSQL where one is given (the window query runs on both)."""
-    if request.param == "sqlite":
-        app = request.getfixturevalue("app")
-        yield app, request.getfixturevalue("client")
-        return
-    settings = make_settings(
-        request.getfixturevalue("tmp_path"), database_url=request.getfixturevalue("pg_database")
-    )
-    app = create_app(settings)
-    migrate(app.extensions["waybill.engine"])
-    yield app, app.test_client()
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
-
-
 def test_every_reader_gets_the_latest_50_of_each_timeline_and_pages_back_to_the_first(
-    backend: tuple[Flask, FlaskClient],
+    app: Flask,
+    client: FlaskClient,
 ) -> None:
-    app, client = backend
     merchant = make_merchant(app, client)
     ids = long_order(app, merchant)
     AuthActions(app, client).sign_in(EMAIL)

@@ -13,7 +13,7 @@ from flask import Flask
 from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, make_merchant
 from tests.utils.smtp import SMTPServer
-from waybill import create_app
+from waybill import close_app, create_app
 
 EMAIL = "jana@example.com"
 
@@ -22,8 +22,7 @@ EMAIL = "jana@example.com"
 def app(instance_dir: Path, smtp: SMTPServer) -> Iterator[Flask]:
     app = create_app(make_settings(instance_dir, smtp_url=smtp.url))
     yield app
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 def test_a_new_device_is_told_the_saved_language_and_zone(app: Flask, smtp: SMTPServer) -> None:

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from tests.conftest import make_settings
 from tests.utils.factories import MerchantActions, make_merchant, row_counts
 from tests.utils.smtp import SMTPServer
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.api.find_order import found_order_mails
 
 FIND = "/api/track/find"
@@ -36,8 +36,7 @@ def make_app(instance_dir: Any, smtp: SMTPServer, **overrides: Any) -> Flask:
 def app(instance_dir, smtp) -> Iterator[Flask]:
     app = make_app(instance_dir, smtp)
     yield app
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 def order_for(
@@ -183,8 +182,7 @@ def strict_app(instance_dir, smtp) -> Iterator[Flask]:
     limits = (("find_order_per_address", "2/hour"), ("find_order_per_ip", "4/hour"))
     app = make_app(instance_dir, smtp, rate_limits=limits)
     yield app
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 def test_asking_too_often_for_one_address_gets_429(strict_app, smtp):
@@ -238,8 +236,7 @@ def test_every_worker_counts_together_through_redis(instance_dir, smtp, redis_ur
     finally:
         settled()
         for a in apps:
-            a.extensions["waybill.broker"].close()
-            a.extensions["waybill.engine"].dispose()
+            close_app(a)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from tests.conftest import make_settings
 from tests.utils.factories import make_merchant, row_counts
 from tests.utils.fake_aftership import FakeAfterShip, sample_checkpoints
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.api.integrations import applier
 from waybill.integrations import poll_schedule
 from waybill.notify.delivery import Worker
@@ -612,14 +612,8 @@ def aftership():
         yield fake
 
 
-def test_polling_records_what_the_provider_knows_and_stops_once_delivered(
-    tmp_path, migrated_template, aftership
-):
-    import shutil
-
-    instance = tmp_path / "i"
-    instance.mkdir()
-    shutil.copy(migrated_template, instance / "waybill.db")
+def test_polling_records_what_the_provider_knows_and_stops_once_delivered(instance_dir, aftership):
+    instance = instance_dir
     settings = make_settings(instance, aftership_api_url=aftership.base_url)
     app = create_app(settings)
     client = app.test_client()
@@ -650,8 +644,7 @@ def test_polling_records_what_the_provider_knows_and_stops_once_delivered(
         assert poll_schedule.poll_due(engine, settings, now=later + timedelta(days=2)) == 0
         assert len(aftership.requests) == asked  # delivered: never asked again
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 # --- the merchant's own webhook -------------------------------------------------------------
@@ -725,13 +718,9 @@ def test_webhook_urls_must_be_public_https(merchant):
 
 
 def test_status_changes_reach_the_merchants_endpoint_signed_and_once_after_it_was_down(
-    tmp_path, migrated_template
+    instance_dir,
 ):
-    import shutil
-
-    instance = tmp_path / "i"
-    instance.mkdir()
-    shutil.copy(migrated_template, instance / "waybill.db")
+    instance = instance_dir
     settings = make_settings(instance, webhook_endpoint_hosts=("127.0.0.1:*",))
     app = create_app(settings)
     client = app.test_client()
@@ -775,8 +764,7 @@ def test_status_changes_reach_the_merchants_endpoint_signed_and_once_after_it_wa
     finally:
         worker.stop()
         receiver.close()
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 # --- for confirmation emails ------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +19,10 @@ import pytest
 import requests
 from flask import Flask
 
-from tests.conftest import make_settings
+from tests.conftest import database_url_of, make_settings
 from tests.utils.factories import MerchantActions
 from tests.utils.smtp import SMTPServer, free_port
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.notify import content, mail
 from waybill.notify.delivery import Worker
 
@@ -40,6 +39,7 @@ class Served:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")}
         self.env.update(
             WAYBILL_INSTANCE_DIR=str(instance),
+            WAYBILL_DATABASE_URL=database_url_of(instance),
             WAYBILL_BASE_URL=self.base,
             WAYBILL_SECRET_KEY="mail-output-test-secret",
         )
@@ -96,11 +96,8 @@ class Served:
 
 
 @pytest.fixture
-def served(tmp_path: Path, migrated_template: Path) -> Iterator[Served]:
-    instance = tmp_path / "instance"
-    instance.mkdir()
-    shutil.copy(migrated_template, instance / "waybill.db")
-    server = Served(instance).start()
+def served(instance_dir: Path) -> Iterator[Served]:
+    server = Served(instance_dir).start()
     yield server
     server.stop()
 
@@ -203,8 +200,7 @@ def test_mail_without_smtp_is_written_out_whatever_logging_says(
 def relay_app(instance_dir: Path, smtp: SMTPServer) -> Iterator[Flask]:
     app = create_app(make_settings(instance_dir, smtp_url=smtp.url))
     yield app
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 def plain_text(msg: object) -> str:

@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 from tests.conftest import make_settings
 from tests.utils.factories import MerchantActions, make_merchant
 from tests.utils.smtp import Connection, SMTPServer, localhost_tls
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.config import Settings
 from waybill.notify import mail
 from waybill.notify.delivery import Worker
@@ -342,5 +342,4 @@ def test_the_worker_keeps_mail_waiting_rather_than_send_a_password_in_clear(
         assert not any(c.saw(s) for c in cleartext_relay.connections for s in _secrets())
         assert all("AUTH" not in commands(c) for c in cleartext_relay.connections)
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.test_postgres import pg_database  # noqa: F401  (a fixture)
+from tests.conftest import database_url_of
 from tests.test_realtime import LiveClient
 from tests.test_realtime_server import WAYBILL, ServerProcess, Shop, _free_port
 from tests.utils.push_service import PushService
@@ -69,17 +68,9 @@ EVERY_STATUS = {
 BLOCK_LIMIT_MS = 1000
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(
-    request: pytest.FixtureRequest, tmp_path: Path, migrated_template: Path
-) -> Iterator[tuple[Path, str]]:
-    instance = tmp_path / "instance"
-    instance.mkdir()
-    if request.param == "sqlite":
-        shutil.copy(migrated_template, instance / "waybill.db")
-        yield instance, f"sqlite:///{instance / 'waybill.db'}"
-    else:
-        yield instance, request.getfixturevalue("pg_database")
+@pytest.fixture
+def database(instance_dir: Path) -> tuple[Path, str]:
+    return instance_dir, database_url_of(instance_dir)
 
 
 @pytest.fixture

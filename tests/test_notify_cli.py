@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from tests.conftest import make_settings
-from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.utils.factories import make_merchant
 from tests.utils.push_service import PushService
 from waybill import create_app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -79,11 +78,9 @@ def push() -> Iterator[PushService]:
 
 @pytest.mark.parametrize("how", ["gevent-process", "serve"])
 def test_sigkill_while_push_is_down_then_each_notification_exactly_once(
-    how: str, tmp_path: Path, migrated_template: Path, push: PushService
+    how: str, instance_dir: Path, push: PushService
 ) -> None:
-    instance = tmp_path / "instance"
-    instance.mkdir()
-    shutil.copy(migrated_template, instance / "waybill.db")
+    instance = instance_dir
     settings = make_settings(instance, push_endpoint_hosts=("127.0.0.1:*",))
     env = {
         **os.environ,

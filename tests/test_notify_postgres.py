@@ -10,7 +10,6 @@ import pytest
 from flask import Flask
 
 from tests.conftest import make_settings
-from tests.test_postgres import pg_database  # noqa: F401  (fixture)
 from tests.utils.factories import make_merchant
 from tests.utils.push_service import PushService
 from waybill import create_app

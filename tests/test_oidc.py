@@ -25,7 +25,7 @@ from werkzeug.serving import make_server
 from tests.conftest import make_settings
 from tests.utils.factories import make_merchant
 from tests.utils.wsgi import files_read_whole
-from waybill import create_app
+from waybill import close_app, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVIDER_SCRIPT = ROOT / "tests" / "utils" / "oidc_provider.mjs"
@@ -96,8 +96,7 @@ def provider_and_waybill(instance_dir: Path) -> Iterator[tuple[str, str]]:
         proc.terminate()
         proc.wait(10)
         proc.stdout.close()  # type: ignore[union-attr]
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 def _form(page: requests.Response) -> tuple[str, dict[str, str]]:

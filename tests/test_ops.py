@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_settings
+from tests.conftest import database_url_of, make_settings
 from tests.test_realtime_server import ServerProcess, Shop, _free_port
 from tests.utils.factories import MerchantActions
-from waybill import create_app
+from waybill import close_app, create_app
 
 
 def log_lines(text: str) -> list[dict[str, Any]]:
@@ -53,8 +52,7 @@ def test_not_ready_without_the_broker(instance_dir: Path) -> None:
     r = app.test_client().get("/readyz")
     assert r.status_code == 503
     assert any("broker" in reason for reason in r.get_json()["reasons"])
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 def test_each_request_is_one_json_line_with_its_id_and_no_token(
@@ -117,15 +115,13 @@ def test_metrics_count_requests_by_route_and_show_the_outbox(
 
 
 @pytest.fixture
-def served(tmp_path: Path, migrated_template: Path) -> Any:
-    instance = tmp_path / "instance"
-    instance.mkdir()
-    shutil.copy(migrated_template, instance / "waybill.db")
+def served(instance_dir: Path) -> Any:
+    instance = instance_dir
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")},
         "WAYBILL_INSTANCE_DIR": str(instance),
-        "WAYBILL_DATABASE_URL": f"sqlite:///{instance / 'waybill.db'}",
+        "WAYBILL_DATABASE_URL": database_url_of(instance),
         "WAYBILL_BROKER_URL": "memory://",
         "WAYBILL_BASE_URL": f"http://127.0.0.1:{port}",
         "WAYBILL_SECRET_KEY": "ops-test-secret-key-0123456789",

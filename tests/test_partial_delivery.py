@@ -13,7 +13,7 @@ from flask import Flask
 from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
 from tests.utils.smtp import SMTPServer
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.notify.delivery import Worker
 
 EMAIL = "split@example.com"
@@ -23,8 +23,7 @@ EMAIL = "split@example.com"
 def app(instance_dir: Path, smtp: SMTPServer) -> Iterator[Flask]:
     app = create_app(make_settings(instance_dir, smtp_url=smtp.url))
     yield app
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 def send_due(app: Flask) -> None:

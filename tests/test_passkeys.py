@@ -6,7 +6,6 @@ WebAuthn refuses IP addresses as relying-party ids, so the live server's base UR
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, make_merchant
 from tests.utils.pages import wait_until
 from tests.utils.wsgi import files_read_whole
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.auth.models import Passkey, PasskeyChallenge
 from waybill.db import session_scope
 from waybill.models import utcnow
@@ -152,10 +151,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def localhost_server(tmp_path: Path, migrated_template: Path) -> Iterator[tuple[str, Any]]:
-    instance = tmp_path / "live"
-    instance.mkdir()
-    shutil.copy(migrated_template, instance / "waybill.db")
+def localhost_server(instance_dir: Path) -> Iterator[tuple[str, Any]]:
+    instance = instance_dir
     port = _free_port()
     url = f"http://localhost:{port}"
     app = create_app(make_settings(instance, base_url=url))
@@ -167,8 +164,7 @@ def localhost_server(tmp_path: Path, migrated_template: Path) -> Iterator[tuple[
     finally:
         server.shutdown()
         thread.join(10)
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 def run_in_chromium(scenario: Callable[[Any], None]) -> None:

@@ -18,14 +18,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import make_settings
-from tests.test_postgres import pg_app as pg_app  # a fixture
-from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.test_realtime import LiveClient
 from tests.test_realtime import connect as connect  # a fixture
 from tests.test_realtime import live_server as live_server  # a fixture
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant, row_counts
 from tests.utils.smtp import SMTPServer
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.auth.merchant_keys import create_merchant
 from waybill.db import alembic_config, create_engine, migrate, session_scope
 from waybill.ingest import create_order
@@ -48,10 +46,9 @@ def pickup_until(answer: dict[str, Any], index: int = 0) -> datetime | None:
     return at(answer["shipments"][index]["pickup_until"])
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def shop(request: pytest.FixtureRequest) -> tuple[Flask, MerchantActions]:
-    """The app on a database of each kind, and a merchant with its key."""
-    app: Flask = request.getfixturevalue("app" if request.param == "sqlite" else "pg_app")
+@pytest.fixture
+def shop(app: Flask) -> tuple[Flask, MerchantActions]:
+    """The app (on each backend) and a merchant with its key."""
     return app, make_merchant(app, app.test_client())
 
 
@@ -288,8 +285,7 @@ def test_the_socket_frame_carries_the_deadline(
 def mailing_app(instance_dir: Path, smtp: SMTPServer) -> Iterator[Flask]:
     app = create_app(make_settings(instance_dir, smtp_url=smtp.url))
     yield app
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 def send_due(app: Flask) -> None:
@@ -359,13 +355,11 @@ def test_the_message_says_when_the_pickup_period_is_over_and_names_utc() -> None
 # --- migration 0007 -------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def before_0007(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, str, int]]:
+@pytest.fixture
+def before_0007(empty_instance: Path) -> Iterator[tuple[Any, str, int]]:
     """A database at 0006 with an order and a shipment waiting at a pickup point, recorded
     before shipments knew until when."""
-    instance = tmp_path / "instance"
-    url = request.getfixturevalue("pg_database") if request.param == "postgres" else None
-    settings = make_settings(instance, **({"database_url": url} if url else {}))
+    settings = make_settings(empty_instance)
     engine = create_engine(settings)
     # The order is made by today's code (it writes today's tables), then the schema goes back
     command.upgrade(alembic_config(engine, settings.secret_key), "head")
@@ -435,8 +429,7 @@ def test_the_migration_adds_the_deadline_to_existing_shipments_and_downgrades(
         assert r.status_code == 201, r.get_json()
         assert pickup_until(r.get_json()) == UNTIL_UTC
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
     engine = create_engine(settings)
     command.downgrade(alembic_config(engine, settings.secret_key), "0006_one_shipment_per_number")

@@ -7,13 +7,11 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import socket
 import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,8 +25,8 @@ from sqlmodel import Session
 from werkzeug.serving import make_server
 
 from tests.conftest import make_settings
-from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
+from tests.utils.redis_server import PrivateRedis
 from waybill import create_app
 from waybill.db import migrate, session_scope
 from waybill.ingest import record_order_event
@@ -318,45 +316,14 @@ def test_serving_several_workers_with_the_memory_broker_is_refused(instance_dir:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     """Start (and restart) a private redis-server on a fixed free port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed: cannot restart a Redis under test")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs: list[subprocess.Popen[bytes]] = []
+    redis = PrivateRedis(tmp_path)
 
     def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        for _ in range(100):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        return proc
+        return redis.start()
 
-    start.url = f"redis://127.0.0.1:{port}/0"  # type: ignore[attr-defined]
+    start.url = redis.url  # type: ignore[attr-defined]
     yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+    redis.stop()
 
 
 def test_redis_broker_resubscribes_after_redis_restarts(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.conftest import Backend
 from tests.test_realtime import CLOSED, LiveClient, cursors
 
 WAYBILL = str(Path(sys.executable).with_name("waybill"))
@@ -157,7 +157,7 @@ class Shop:
 def server(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    migrated_template: Path,
+    backend: Backend,
 ) -> Iterator[ServerProcess]:
     """One server per broker for this module (its tests use customers of their own):
     starting two workers costs seconds."""
@@ -169,22 +169,21 @@ def server(
             pytest.skip("WAYBILL_TEST_REDIS_URL is not set: no Redis to test against")
         workers = 2
     instance_dir = tmp_path_factory.mktemp("live") / "instance"
-    instance_dir.mkdir()
-    shutil.copy(migrated_template, instance_dir / "waybill.db")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "WAYBILL_INSTANCE_DIR": str(instance_dir),
-        "WAYBILL_DATABASE_URL": f"sqlite:///{instance_dir / 'waybill.db'}",
-        "WAYBILL_BROKER_URL": broker_url,
-        "WAYBILL_BASE_URL": f"http://127.0.0.1:{port}",
-        "WAYBILL_SECRET_KEY": "live-test-secret-key",
-        "WAYBILL_RUN_WORKER": "0",
-    }
-    proc = ServerProcess(env, port, workers=workers)
-    proc.start()
-    yield proc
-    proc.stop()
+    with backend.database(instance_dir) as database_url:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "WAYBILL_INSTANCE_DIR": str(instance_dir),
+            "WAYBILL_DATABASE_URL": database_url,
+            "WAYBILL_BROKER_URL": broker_url,
+            "WAYBILL_BASE_URL": f"http://127.0.0.1:{port}",
+            "WAYBILL_SECRET_KEY": "live-test-secret-key",
+            "WAYBILL_RUN_WORKER": "0",
+        }
+        proc = ServerProcess(env, port, workers=workers)
+        proc.start()
+        yield proc
+        proc.stop()
 
 
 @pytest.fixture(scope="module")

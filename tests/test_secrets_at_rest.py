@@ -24,9 +24,9 @@ from sqlmodel import select
 
 from tests.conftest import make_settings
 from tests.test_cli import run
-from tests.test_postgres import pg_database  # noqa: F401  (fixture)
 from tests.utils.factories import make_merchant
-from waybill import create_app
+from tests.utils.stored import sqlite_bytes
+from waybill import close_app, create_app
 from waybill.auth.merchant_keys import issue_key
 from waybill.auth.tokens import (
     SealError,
@@ -97,12 +97,6 @@ def order_text_values(engine: sa.Engine) -> set[str]:
     return {s for row in rows for value in row for s in _strings(value)}
 
 
-def sqlite_bytes(db_file: Path) -> bytes:
-    """The database file with its -wal and -shm, as a copy of the files would hold them."""
-    parts = [Path(f"{db_file}{suffix}") for suffix in ("", "-wal", "-shm")]
-    return b"".join(p.read_bytes() for p in parts if p.exists())
-
-
 def assert_opens_nothing(client: FlaskClient, values: set[str]) -> None:
     for value in values:
         segment = quote(value, safe="")
@@ -163,23 +157,17 @@ def test_a_copy_of_the_database_opens_no_tracking_page(tmp_path, migrated_templa
             assert not any(token in value for value in everywhere)
             assert token.encode() not in sqlite_bytes(instance / "waybill.db")
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 # --- migration 0003: links sent before it keep working -------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def old_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, str]]:
+@pytest.fixture
+def old_database(empty_instance: Path) -> Iterator[tuple[Any, str]]:
     """A database at the heads before 0003, with a merchant, a customer and two orders whose
     tracking tokens are stored as they were then: plain, beside their hashes."""
-    instance = tmp_path / "instance"
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_database")
-        settings = make_settings(instance, database_url=url, extra=NO_TRACKING_LIMIT)
-    else:
-        settings = make_settings(instance, extra=NO_TRACKING_LIMIT)
+    settings = make_settings(empty_instance, extra=NO_TRACKING_LIMIT)
     engine = create_engine(settings)
     for head in OLD_HEADS:
         command.upgrade(alembic_config(engine), head)
@@ -261,8 +249,7 @@ def test_old_links_keep_working_after_the_migration_and_the_plain_tokens_are_gon
         assert sorted(token_of(o) for o in listed.get_json()["orders"]) == sorted(tokens)
         assert_opens_nothing(client, order_text_values(engine))
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 def test_the_migration_refuses_orders_without_the_secret_key_and_keeps_them(old_database):
@@ -322,8 +309,7 @@ def test_init_makes_a_private_instance_directory_and_database_files(tmp_path, um
         assert [mode(Path(f"{db}{s}")) for s in ("", "-wal", "-shm")] == [0o600] * 3
         assert mode(instance) == 0o700
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 def test_wider_instance_directory_and_database_files_are_narrowed(tmp_path, umask_022):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from tests.conftest import make_settings
+from tests.conftest import database_url_of, make_settings
 from tests.utils.factories import AuthActions, make_merchant
 from tests.utils.wsgi import files_read_whole
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.auth import login
 from waybill.db import session_scope
 
@@ -21,8 +21,7 @@ def _app(instance_dir: Path, **overrides: object) -> Flask:
 
 
 def _close(app: Flask) -> None:
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 def _assert_security_headers(response, *, hsts: bool = False) -> None:  # type: ignore[no-untyped-def]
@@ -332,7 +331,7 @@ def test_operators_can_tune_the_limits_and_typos_are_refused(instance_dir):
     env = {
         "WAYBILL_SECRET_KEY": "k",
         "WAYBILL_INSTANCE_DIR": str(instance_dir),
-        "WAYBILL_DATABASE_URL": f"sqlite:///{instance_dir / 'waybill.db'}",
+        "WAYBILL_DATABASE_URL": database_url_of(instance_dir),
         "WAYBILL_RATE_LIMITS": "merchant_api_per_key=2/minute, sign_in_email_per_ip=40/hour",
     }
     app = create_app(Settings.from_env(env, testing=True))

@@ -12,7 +12,8 @@ from sqlmodel import select
 
 from tests.conftest import make_settings
 from tests.utils.factories import AuthActions, make_merchant
-from waybill import create_app
+from tests.utils.stored import stored_bytes
+from waybill import close_app, create_app
 from waybill.auth import sessions
 from waybill.auth.tokens import keyed_digest
 from waybill.cli import main
@@ -66,8 +67,7 @@ def test_session_cookie_is_secure_when_the_base_url_is_https(instance_dir):
         attrs = [a.strip().lower() for a in _session_cookie_header(r).split(";")]
         assert "secure" in attrs and "httponly" in attrs and "samesite=lax" in attrs
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 def test_sign_in_rotates_the_session_id(app, auth, merchant):
@@ -212,7 +212,7 @@ def test_merchant_keys_cli_add_list_revoke(settings, tmp_path):
         with session_scope(app.extensions["waybill.engine"]) as session:
             stored = list(session.exec(select(ApiKey)))
         assert {k.key_hash for k in stored}.isdisjoint({key1, key2})  # stored hashed
-        db_bytes = settings.instance_dir.joinpath("waybill.db").read_bytes()
+        db_bytes = stored_bytes(settings.database_url)
         assert key1.encode() not in db_bytes and key2.encode() not in db_bytes
 
         def listed() -> list[dict[str, object]]:
@@ -240,8 +240,7 @@ def test_merchant_keys_cli_add_list_revoke(settings, tmp_path):
         )
         assert {k["prefix"]: k["revoked"] for k in listed()} == {key1[:14]: True, key2[:14]: False}
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 def test_another_merchants_or_customers_order_is_not_found(app, client, merchant):
@@ -283,8 +282,8 @@ def test_the_csrf_token_is_not_in_the_database(app, auth, merchant, settings):
     assert auth.client.get("/api/me").get_json()["csrf_token"] == token  # the same on every ask
     row = _stored_session(app)
     assert row.csrf_token != token
-    stored = b"".join(p.read_bytes() for p in settings.instance_dir.glob("waybill.db*"))
-    assert token.encode() not in stored  # nowhere in the file or its write-ahead log
+    stored = stored_bytes(settings.database_url)
+    assert token.encode() not in stored  # nowhere in the files, their write-ahead log, a dump
     sid = auth.client.get_cookie("waybill_session").value
     assert sid.encode() not in stored  # and neither is what it is derived from
 
@@ -334,5 +333,4 @@ def test_each_session_has_its_own_csrf_token_and_it_needs_the_server_secret(
         other.set_cookie("waybill_session", laptop.get_cookie("waybill_session").value)
         assert other.get("/api/me").get_json()["csrf_token"] != laptop_token
     finally:
-        other_secret.extensions["waybill.broker"].close()
-        other_secret.extensions["waybill.engine"].dispose()
+        close_app(other_secret)

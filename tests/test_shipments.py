@@ -16,13 +16,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import make_settings
-from tests.test_postgres import pg_app as pg_app  # a fixture
-from tests.test_postgres import pg_database as pg_database  # a fixture
 from tests.test_realtime import LiveClient
 from tests.test_realtime import connect as connect  # a fixture
 from tests.test_realtime import live_server as live_server  # a fixture
 from tests.utils.factories import MerchantActions, make_merchant, row_counts
-from waybill import create_app
+from waybill import close_app, create_app
 from waybill.auth.merchant_keys import create_merchant
 from waybill.db import alembic_config, create_engine, migrate, session_scope
 from waybill.ingest import create_order
@@ -53,10 +51,10 @@ def token_of(order: dict[str, Any]) -> str:
     return order["tracking_url"].rsplit("/", 1)[1]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_app(request: pytest.FixtureRequest) -> Flask:
-    """The app on a SQLite file, and on PostgreSQL."""
-    return request.getfixturevalue("pg_app" if request.param == "postgres" else "app")  # type: ignore[no-any-return]
+@pytest.fixture
+def any_app(app: Flask) -> Flask:
+    """The app (on each backend, as every app of the suite)."""
+    return app
 
 
 def at_once(n: int, send: Callable[[int], Any]) -> list[Any]:
@@ -356,14 +354,12 @@ def test_patch_is_in_the_openapi_document(client):
 # --- migration 0006: the parcels retries duplicated become one again ------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def duplicated(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+@pytest.fixture
+def duplicated(empty_instance: Path) -> Iterator[tuple[Any, Any]]:
     """A database at 0005 holding what the bug left: an order whose parcel, out for delivery,
     was posted again ("ups" for "UPS"); the copy, at "shipped", got one scan of its own and
     one the original has too; the order fell back to "shipped"."""
-    instance = tmp_path / "instance"
-    url = request.getfixturevalue("pg_database") if request.param == "postgres" else None
-    settings = make_settings(instance, **({"database_url": url} if url else {}))
+    settings = make_settings(empty_instance)
     engine = create_engine(settings)
     # The order is made by today's code (it writes today's tables), then the schema goes back
     command.upgrade(alembic_config(engine, settings.secret_key), "head")
@@ -502,5 +498,4 @@ def test_the_migration_makes_duplicated_parcels_one_and_the_status_true_again(du
         )
         assert seen.status_code == 200
     finally:
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)

@@ -12,6 +12,7 @@ from sqlmodel import select
 
 from tests.conftest import make_settings
 from tests.utils.smtp import SMTPServer
+from tests.utils.stored import stored_bytes
 from waybill import create_app
 from waybill.db import session_scope
 from waybill.models import LoginToken
@@ -168,10 +169,7 @@ def test_tokens_are_stored_only_as_hashes(app, merchant, client, smtp):
     client.post("/auth/email", json={"email": "hash@example.com"})
     link, code = mailed_link_and_code(smtp, "hash@example.com")
     token = link.rsplit("/", 1)[1]
-    db_bytes = (app.config["WAYBILL_SETTINGS"].instance_dir / "waybill.db").read_bytes()
-    wal = app.config["WAYBILL_SETTINGS"].instance_dir / "waybill.db-wal"
-    db_bytes += wal.read_bytes() if wal.exists() else b""
-    assert token.encode() not in db_bytes
+    assert token.encode() not in stored_bytes(app.config["WAYBILL_SETTINGS"].database_url)
 
 
 def test_bad_sign_in_requests_get_the_error_shape(client):

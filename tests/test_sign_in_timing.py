@@ -19,7 +19,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from tests.conftest import make_settings
 from tests.utils.smtp import SMTPServer, free_port
-from waybill import create_app
+from waybill import close_app, create_app
 
 KNOWN = "known.timing@example.com"
 UNKNOWN = "unknown.timing@example.com"
@@ -37,8 +37,7 @@ def app(instance_dir, smtp) -> Iterator[Flask]:
         )
     )
     yield app
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    close_app(app)
 
 
 @pytest.fixture

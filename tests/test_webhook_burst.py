@@ -11,19 +11,18 @@ import hmac
 import json
 import os
 import random
-import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from tests.conftest import Backend
 from tests.test_realtime_server import WAYBILL, ServerProcess, _free_port
 
 SECRET = "burst-webhook-secret-0123"
@@ -40,23 +39,22 @@ T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, migrated_template: Path) -> Iterator[Any]:
+def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Any]:
     instance = tmp_path_factory.mktemp("burst") / "instance"
-    instance.mkdir()
-    shutil.copy(migrated_template, instance / "waybill.db")
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")},
-        "WAYBILL_INSTANCE_DIR": str(instance),
-        "WAYBILL_DATABASE_URL": f"sqlite:///{instance / 'waybill.db'}",
-        "WAYBILL_BROKER_URL": "memory://",
-        "WAYBILL_BASE_URL": f"http://127.0.0.1:{port}",
-        "WAYBILL_SECRET_KEY": "burst-test-secret-key",
-    }
-    proc = ServerProcess(env, port, workers=1)
-    proc.start()
-    yield proc
-    proc.stop()
+    with backend.database(instance) as database_url:
+        port = _free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WAYBILL_")},
+            "WAYBILL_INSTANCE_DIR": str(instance),
+            "WAYBILL_DATABASE_URL": database_url,
+            "WAYBILL_BROKER_URL": "memory://",
+            "WAYBILL_BASE_URL": f"http://127.0.0.1:{port}",
+            "WAYBILL_SECRET_KEY": "burst-test-secret-key",
+        }
+        proc = ServerProcess(env, port, workers=1)
+        proc.start()
+        yield proc
+        proc.stop()
 
 
 def body_for(number: str, upto: int) -> bytes:

@@ -11,8 +11,8 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     # ``from waybill import create_app`` and ``flask --app waybill`` without this package
     # importing the whole app whenever one of its modules is imported.
-    if name == "create_app":
-        from waybill.app import create_app
+    if name in ("create_app", "close_app"):
+        from waybill import app
 
-        return create_app
+        return getattr(app, name)
     raise AttributeError(name)

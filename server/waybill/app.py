@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 from waybill import db, notify, pages, security
 from waybill.api import (
@@ -36,6 +37,30 @@ from waybill.realtime import hub
 from waybill.realtime.broker import create_broker
 
 
+class RowIdConverter(IntegerConverter):
+    """``<int:…>``: a row id. One past what an id column holds names no row: it becomes 0, which
+    no row has, so the route answers its own 404 (PostgreSQL would refuse the number)."""
+
+    def to_python(self, value: str) -> int:
+        number = int(super().to_python(value))
+        return number if number <= ROW_ID_MAX else 0
+
+
+ROW_ID_MAX = 2**31 - 1  # PostgreSQL's integer
+
+
+def close_app(app: Flask, timeout: float = 5.0) -> None:
+    """Stop what the app started in this process (the hub's threads, an outbox worker), then
+    close its broker and engine. For tests and embedders that make many apps in one process;
+    a server process simply ends."""
+    app.extensions["waybill.hub"].close(timeout)
+    worker = app.extensions.get("waybill.worker")
+    if worker is not None:
+        worker.stop(timeout)
+    app.extensions["waybill.broker"].close()
+    app.extensions["waybill.engine"].dispose()
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__, static_folder=None)
@@ -58,6 +83,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_app(app, engine)
     app.extensions["waybill.broker"] = create_broker(settings.broker_url)
     errors.init_app(app)
+
+    # ``<int:…>`` in a path is a row id: past what the id columns hold (PostgreSQL's integer)
+    # it names no row, so it is the route's 404 rather than the database's range error.
+    app.url_map.converters["int"] = RowIdConverter
 
     # Every route of the app, in one list.
     for blueprint in (

@@ -25,6 +25,9 @@ def _engine(settings: Settings) -> Any:
     from waybill.db import check_connection, create_engine
 
     engine = create_engine(settings)
+    context = click.get_current_context(silent=True)
+    if context is not None:  # its connections close with the command (in tests, many run)
+        context.call_on_close(engine.dispose)
     try:
         check_connection(engine)
     except ConfigError as exc:
@@ -225,6 +228,7 @@ def run_worker(concurrency: int) -> None:
     """One outbox worker in this process until SIGTERM or SIGINT."""
     import signal
     import threading
+    from datetime import timedelta
 
     from waybill.notify.delivery import Worker
     from waybill.realtime.broker import create_broker
@@ -235,6 +239,8 @@ def run_worker(concurrency: int) -> None:
         _engine(settings),
         settings,
         concurrency=concurrency,
+        # a worker that dies leaves its claimed rows this long before another takes them
+        lease=timedelta(seconds=settings.outbox_lease_seconds),
         broker=create_broker(settings.broker_url),
     )
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""A live Waybill on 127.0.0.1 (its own migrated SQLite), the system Chromium, and helpers.
+"""A live Waybill on 127.0.0.1 (a migrated database of each backend), Chromium, and helpers.
 
 Browser tests skip, saying why, when /usr/bin/chromium is missing. Tools injected into pages
 (axe-core) come from tests/js/node_modules, installed by ``make test`` through ``npm ci``.
@@ -6,7 +6,6 @@ Browser tests skip, saying why, when /usr/bin/chromium is missing. Tools injecte
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,11 +17,11 @@ import pytest
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from tests.conftest import make_settings
+from tests.conftest import Backend, make_settings
 from tests.utils.factories import AuthActions, MerchantActions, make_merchant
 from tests.utils.smtp import SMTPServer
 from tests.utils.wsgi import files_read_whole
-from waybill import create_app
+from waybill import close_app, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -75,11 +74,14 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def live_server(
-    tmp_path_factory: pytest.TempPathFactory, migrated_template: Path
-) -> Iterator[LiveServer]:
+def live_server(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[LiveServer]:
+    """One server per module, on a database of each backend."""
     instance = tmp_path_factory.mktemp("live")
-    shutil.copy(migrated_template, instance / "waybill.db")
+    with backend.database(instance):
+        yield from _serve(instance)
+
+
+def _serve(instance: Path) -> Iterator[LiveServer]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     smtp = SMTPServer().start()
@@ -107,8 +109,7 @@ def live_server(
         server.shutdown()
         smtp.stop()
         thread.join(timeout=10)
-        app.extensions["waybill.broker"].close()
-        app.extensions["waybill.engine"].dispose()
+        close_app(app)
 
 
 @pytest.fixture(scope="session")

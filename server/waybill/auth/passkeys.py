@@ -40,7 +40,15 @@ from waybill.devices import device_label
 from waybill.errors import ApiError
 from waybill.models import Customer, utcnow
 
-_REGISTER, _AUTHENTICATE = "passkey_register", "passkey_authenticate"
+_REGISTER, _AUTHENTICATE = "passkey_register", "passkey_authenticate"  # the cookie's keys
+
+
+def _purpose(key: str) -> str:
+    """The challenge row's purpose for a cookie key: ``register`` or ``authenticate`` (the
+    column holds 16 characters, which PostgreSQL enforces)."""
+    return key.removeprefix("passkey_")
+
+
 CHALLENGE_LIFETIME = timedelta(minutes=5)
 
 
@@ -68,7 +76,7 @@ def _offer(key: str, challenge: bytes, customer_id: int | None = None) -> None:
     db.add(
         PasskeyChallenge(
             challenge_hash=hashlib.sha256(challenge).hexdigest(),
-            purpose=key,
+            purpose=_purpose(key),
             customer_id=customer_id,
             expires_at=now + CHALLENGE_LIFETIME,
         )
@@ -87,7 +95,7 @@ def _challenge(key: str, customer_id: int | None = None) -> bytes:
     spent = get_session().exec(  # type: ignore[call-overload]
         sa.delete(PasskeyChallenge).where(
             col(PasskeyChallenge.challenge_hash) == hashlib.sha256(challenge).hexdigest(),
-            col(PasskeyChallenge.purpose) == key,
+            col(PasskeyChallenge.purpose) == _purpose(key),
             col(PasskeyChallenge.customer_id) == customer_id
             if customer_id is not None
             else col(PasskeyChallenge.customer_id).is_(None),

@@ -64,6 +64,7 @@ class Hub:
         self._started = False
         self._shutting_down = False
         self._unsubscribe: Any = None
+        self._threads: list[threading.Thread] = []
 
     # lifecycle
 
@@ -75,15 +76,20 @@ class Hub:
             self.dispatcher.start_from_latest()
             self._unsubscribe = self.broker.subscribe(self._on_message)
             for target, name in ((self._dispatch_loop, "dispatch"), (self._ping_loop, "ping")):
-                threading.Thread(target=target, name=f"waybill-hub-{name}", daemon=True).start()
+                thread = threading.Thread(target=target, name=f"waybill-hub-{name}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
             self._started = True
 
-    def close(self) -> None:
-        """Stop the background work (tests; the process is ending otherwise)."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the background work and wait for it (tests; the process is ending otherwise)."""
         self._stop.set()
         self.dispatcher.wake()
         if self._unsubscribe is not None:
             self._unsubscribe()
+            self._unsubscribe = None
+        for thread in self._threads:
+            thread.join(timeout)
 
     def shutdown(
         self, code: int = CLOSE_GOING_AWAY, reason: str = "server restarting", grace: float = 3.0
