@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
@@ -112,10 +113,22 @@ def _find(var: str, standard: str, port: int, usable: object) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     _find(POSTGRES_VAR, STANDARD_POSTGRES, 5432, _postgres_usable)
     _find(REDIS_VAR, STANDARD_REDIS, 6379, _redis_usable)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", … under ``-n``
+    if worker.startswith("gw") and os.environ.get(REDIS_VAR):
+        # Each test process on a Redis database number of its own (1-15): keys, rate limits
+        # and the broker's channel, which is scoped by it, stay apart.
+        parts = urlsplit(os.environ[REDIS_VAR])
+        number = 1 + int(worker[2:]) % 15
+        os.environ[REDIS_VAR] = urlunsplit(parts._replace(path=f"/{number}"))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"waybill: SQLite, PostgreSQL {_FOUND[POSTGRES_VAR]}, Redis {_FOUND[REDIS_VAR]}"
+    workers = (
+        " (each test process on a database number of its own)"
+        if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None)
+        else ""
+    )
+    return f"waybill: SQLite; PostgreSQL {_FOUND[POSTGRES_VAR]}; Redis {_FOUND[REDIS_VAR]}{workers}"
 
 
 @pytest.fixture(scope="session")
@@ -184,31 +197,59 @@ class Backend:
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def backend(request: pytest.FixtureRequest, migrated_template: Path) -> Iterator[Backend]:
-    """SQLite, then PostgreSQL: pytest runs every test of one before the other."""
-    if request.param == "sqlite":
-        yield Backend("sqlite", migrated_template)
-        return
-    server: str = request.getfixturevalue("postgres_url")
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+@pytest.fixture(scope="session")
+def postgres_template(postgres_url: str, migrated_template: Path) -> Iterator[Backend]:
+    """One migrated template database for the session's PostgreSQL tests, made once."""
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     template = f"waybill_template_{secrets.token_hex(4)}"
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{template}"')
     except sa.exc.OperationalError as exc:
         admin.dispose()
-        pytest.skip(f"PostgreSQL at {server} is not reachable: {exc.orig}")
-    url = sa.engine.make_url(server).set(database=template).render_as_string(hide_password=False)
-    engine = create_engine(make_settings(migrated_template.parent, database_url=url))
+        pytest.skip(f"PostgreSQL at {postgres_url} is not reachable: {exc.orig}")
+    url = sa.engine.make_url(postgres_url).set(database=template)
+    settings = make_settings(migrated_template.parent, database_url=url.render_as_string(False))
+    engine = create_engine(settings)
     migrate(engine)
     engine.dispose()
     try:
-        yield Backend("postgresql", migrated_template, server, template, admin)
+        yield Backend("postgresql", migrated_template, postgres_url, template, admin)
     finally:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE "{template}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest, migrated_template: Path) -> Backend:
+    """SQLite and PostgreSQL: each test that touches a database runs on both."""
+    if request.param == "sqlite":
+        return Backend("sqlite", migrated_template)
+    return request.getfixturevalue("postgres_template")  # type: ignore[no-any-return]
+
+
+#: Modules that take longest, started first so that no test process is left with one at the end
+#: (``make test`` runs a module's tests in one process).
+SLOW_FIRST = (
+    "tests/test_webhook_burst.py",
+    "tests/test_no_freeze.py",
+    "tests/test_fuzz_api.py",
+    "tests/test_two_hosts.py",
+    "tests/test_sign_in_timing.py",
+    "tests/test_realtime_server.py",
+    "tests/test_notify_cli.py",
+    "tests/browser/",
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((n for n, p in enumerate(SLOW_FIRST) if path.startswith(p)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: within a module, the order pytest chose
 
 
 @pytest.fixture

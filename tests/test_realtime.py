@@ -326,6 +326,26 @@ def own_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]
     redis.stop()
 
 
+def test_brokers_on_other_database_numbers_of_one_redis_hear_only_their_own(
+    redis_url: str,
+) -> None:
+    base = redis_url.rsplit("/", 1)[0]
+    ours, twin, other = (RedisBroker(f"{base}/{n}") for n in (11, 11, 12))
+    heard: dict[str, queue.Queue[dict[str, Any]]] = {"twin": queue.Queue(), "other": queue.Queue()}
+    twin.subscribe(heard["twin"].put)
+    other.subscribe(heard["other"].put)
+    try:
+        assert twin.subscribed.wait(10) and other.subscribed.wait(10)
+        ours.publish({"cursor": 7})
+        assert heard["twin"].get(timeout=10) == {"cursor": 7}  # the same database: one deployment
+        other.publish({"cursor": 8})
+        assert heard["other"].get(timeout=10) == {"cursor": 8}
+        assert heard["twin"].empty() and heard["other"].empty()  # nothing crossed over
+    finally:
+        for broker in (ours, twin, other):
+            broker.close()
+
+
 def test_redis_broker_resubscribes_after_redis_restarts(
     own_redis: Callable[[], subprocess.Popen[bytes]],
 ) -> None:

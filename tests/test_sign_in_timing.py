@@ -87,12 +87,14 @@ def test_known_and_unknown_addresses_take_as_long(merchant, smtp, live_url):
 
     median_known = statistics.median(known) * 1000
     median_unknown = statistics.median(unknown) * 1000
-    gap = abs(median_known - median_unknown)
+    # The typical difference within a pair: a burst of load elsewhere on the machine (the
+    # other test process) slows both of a pair alike, where it would skew the two medians.
+    gap = abs(statistics.median(k - u for k, u in zip(known, unknown, strict=True))) * 1000
     bound = max(0.5, 0.15 * max(median_known, median_unknown))
     print(f"median known {median_known:.2f} ms, unknown {median_unknown:.2f} ms")
     assert gap < bound, (
-        f"known {median_known:.2f} ms vs unknown {median_unknown:.2f} ms: {gap:.2f} ms apart, "
-        f"over the {bound:.2f} ms allowed"
+        f"known {median_known:.2f} ms, unknown {median_unknown:.2f} ms; a pair {gap:.2f} ms "
+        f"apart, over the {bound:.2f} ms allowed"
     )
     assert not _mails_to(smtp, UNKNOWN)
 

@@ -1,7 +1,7 @@
-"""A platform's burst against the real server: ``waybill serve`` (gevent, SQLite) takes a
-thousand signed AfterShip webhooks from fifty connections at once, in no particular order, and
-every scan of every parcel ends up on its order, once. How fast they are answered is measured
-by ``bench/webhooks.py``, not here."""
+"""A platform's burst against the real server: ``waybill serve`` (gevent, each backend) takes 500
+signed AfterShip webhooks from fifty connections at once, in no particular order, and every scan
+of every parcel ends up on its order, once. How fast they are answered is measured by
+``bench/webhooks.py``, not here."""
 
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ from tests.conftest import Backend
 from tests.test_realtime_server import WAYBILL, ServerProcess, _free_port
 
 SECRET = "burst-webhook-secret-0123"
-PARCELS = 250
+PARCELS = 125  # the benchmark sends 1,000; this is about what arrives, not how fast
 SCANS = (  # each webhook carries the history up to one of these, as AfterShip sends it
     ("InTransit", "Picked up by the courier"),
     ("InTransit", "Arrived at the sort facility"),
     ("OutForDelivery", "On the van"),
     ("Delivered", "Delivered to the front door"),
 )
-BURST = PARCELS * len(SCANS)  # 1,000
+BURST = PARCELS * len(SCANS)  # 500
 CONNECTIONS = 50
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 
@@ -85,7 +85,7 @@ def signed(body: bytes) -> dict[str, str]:
     return {"Content-Type": "application/json", "aftership-hmac-sha256": base64.b64encode(digest)}
 
 
-def test_a_burst_of_a_thousand_webhooks_loses_no_event_and_a_replay_adds_none(
+def test_a_burst_of_webhooks_loses_no_event_and_a_replay_adds_none(
     server: Any,
 ) -> None:
     made = subprocess.run(

@@ -53,12 +53,15 @@ def close_app(app: Flask, timeout: float = 5.0) -> None:
     """Stop what the app started in this process (the hub's threads, an outbox worker), then
     close its broker and engine. For tests and embedders that make many apps in one process;
     a server process simply ends."""
-    app.extensions["waybill.hub"].close(timeout)
-    worker = app.extensions.get("waybill.worker")
-    if worker is not None:
-        worker.stop(timeout)
-    app.extensions["waybill.broker"].close()
-    app.extensions["waybill.engine"].dispose()
+    parts = app.extensions
+    if "waybill.hub" in parts:
+        parts["waybill.hub"].close(timeout)
+    if "waybill.worker" in parts:
+        parts["waybill.worker"].stop(timeout)
+    if "waybill.broker" in parts:
+        parts["waybill.broker"].close()
+    if "waybill.engine" in parts:
+        parts["waybill.engine"].dispose()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -77,6 +80,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    try:
+        _assemble(app, settings)
+    except BaseException:  # a refused setting: nothing it opened stays open
+        close_app(app)
+        raise
+    return app
+
+
+def _assemble(app: Flask, settings: Settings) -> None:
     # What every request stands on: the database (its sessions publish what they commit to
     # the broker), the broker, one error shape.
     engine = db.create_engine(settings)
@@ -121,4 +133,3 @@ def create_app(settings: Settings | None = None) -> Flask:
     hub.init_app(app)  # live updates over /ws
     ops.init_app(app)  # /healthz, /readyz, /metrics; a JSON log line per request
     security.init_app(app)  # last: headers and rate limits attach to every registered route
-    return app

@@ -82,9 +82,11 @@ class _Inbox:
 class _RecordingSMTP(SMTP):
     """Keeps what each connection sends (decrypted after STARTTLS)."""
 
-    def __init__(self, connections: list[Connection], *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, connections: list[Connection], open_: list[SMTP], *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self._connections = connections
+        self._connections, self._open = connections, open_
         self.record: Connection | None = None
 
     @property
@@ -94,6 +96,15 @@ class _RecordingSMTP(SMTP):
             return True
         transport = self.transport
         return transport is not None and transport.get_extra_info("sslcontext") is not None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._open.append(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self in self._open:
+            self._open.remove(self)
 
     def data_received(self, data: bytes) -> None:
         if self.record is None:  # the first words: the Controller's start-up probe says none
@@ -107,9 +118,25 @@ class _Controller(Controller):
     def __init__(self, connections: list[Connection], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._connections = connections
+        self.open: list[SMTP] = []  # connections not closed yet
 
     def factory(self) -> SMTP:
-        return _RecordingSMTP(self._connections, self.handler, **self.SMTP_kwargs)
+        return _RecordingSMTP(self._connections, self.open, self.handler, **self.SMTP_kwargs)
+
+    def stop(self, *args: Any, **kwargs: Any) -> None:
+        """Close the connections clients left open first (the loop would drop them unclosed)."""
+        closed = threading.Event()
+
+        def close_all() -> None:
+            for protocol in list(self.open):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            self.loop.call_soon(closed.set)  # after the transports' own close callbacks
+
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(close_all)
+            closed.wait(5)
+        super().stop(*args, **kwargs)
 
 
 def free_port() -> int:

@@ -96,7 +96,6 @@ class RedisBroker:
         import redis
 
         self.url = url
-        self.channel = channel
         self._redis = redis.Redis.from_url(
             url,
             socket_connect_timeout=5,
@@ -104,6 +103,12 @@ class RedisBroker:
             health_check_interval=15,
             client_name=f"waybill-broker-{os.getpid()}",
         )
+        # Pub/sub channels are the whole server's, whatever database a client selected; the
+        # channel names the URL's database too, so deployments (or test runs) sharing one
+        # Redis on different database numbers hear only their own changes, as they keep
+        # only their own keys. Database 0 keeps the plain name.
+        db = int(self._redis.connection_pool.connection_kwargs.get("db") or 0)
+        self.channel = channel if db == 0 else f"{channel}:db{db}"
         self._handlers = _Handlers()
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
