@@ -27,8 +27,11 @@ browser-deps:
 		(cd tests/js && npm ci --silent --no-audit --no-fund) || echo "npm install failed: tests needing it will skip"; \
 	fi
 
+# One test process per core (pytest-xdist); a module's tests stay in one process, so its
+# module-scoped servers start once. TEST_PROCESSES=0 runs them all in this one.
+TEST_PROCESSES ?= auto
 test: $(STAMP) browser-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,10 +39,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	@for b in bench/*.py; do \
-		case $$b in bench/_*|bench/baseline_*) continue;; esac; \
-		echo "== $$b"; $(BIN)/python $$b || exit 1; \
-	done
+	$(BIN)/python bench/_run_all.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

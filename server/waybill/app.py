@@ -53,7 +53,10 @@ def close_app(app: Flask, timeout: float = 5.0) -> None:
     """Stop what the app started in this process (the hub's threads, an outbox worker), then
     close its broker and engine. For tests and embedders that make many apps in one process;
     a server process simply ends."""
+    from waybill.auth.login import BackgroundQueue
+
     parts = app.extensions
+    BackgroundQueue.wait_all_idle(timeout)  # sign-in and find-my-order mails still to send
     if "waybill.hub" in parts:
         parts["waybill.hub"].close(timeout)
     if "waybill.worker" in parts:

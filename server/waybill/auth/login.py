@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from flask import Flask, render_template
 from sqlmodel import Session, select
@@ -135,6 +135,16 @@ class BackgroundQueue(Generic[T]):
         self._guard = threading.Lock()
         self._pid: int | None = None
         self._queue: queue.Queue[tuple[float, T]] = queue.Queue(maxsize)
+        BackgroundQueue.every.append(self)
+
+    every: ClassVar[list[BackgroundQueue[Any]]] = []  # the process's queues
+
+    @classmethod
+    def wait_all_idle(cls, timeout: float) -> bool:
+        """Wait until every queue of the process has done what it was handed (``close_app``:
+        a job must not outlive the database it writes to)."""
+        deadline = time.monotonic() + timeout
+        return all(q.wait_idle(max(0.0, deadline - time.monotonic())) for q in list(cls.every))
 
     def put(self, item: T) -> bool:
         """Hand ``item`` to the worker; False, without waiting, when the queue is full."""
