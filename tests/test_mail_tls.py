@@ -232,7 +232,8 @@ def test_a_pool_opens_another_connection_only_while_the_relay_is_slow(tmp_path: 
     server = SMTPServer().start()
     try:
         settings = settings_for(tmp_path, server.url)
-        pool = mail.RelayPool(settings, size=4, patience=0.3)
+        # Patience well above a quick mail's time even with the other test process busy
+        pool = mail.RelayPool(settings, size=4, patience=1.0)
 
         def send_from_threads(count: int, prefix: str) -> None:
             def one(i: int) -> None:
@@ -245,9 +246,9 @@ def test_a_pool_opens_another_connection_only_while_the_relay_is_slow(tmp_path: 
             for t in threads:
                 t.join(10)
 
-        send_from_threads(8, "quick")  # each mail takes milliseconds: nobody waits 0.3 s
+        send_from_threads(8, "quick")  # each mail takes milliseconds: nobody waits 1 s
         assert len(server.connections) == 1
-        server.inbox.delay = 0.5  # now each takes half a second: waiting mails open more
+        server.inbox.delay = 1.5  # now each takes longer than the patience: waiting mails open more
         send_from_threads(4, "slow")
         assert 1 < len(server.connections) <= 4
         pool.close()
