@@ -18,7 +18,7 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,12 +98,12 @@ def _redis_usable(url: str) -> bool:
         client.close()
 
 
-def _find(var: str, standard: str, port: int, usable: object) -> None:
+def _find(var: str, standard: str, port: int, usable: Callable[[str], bool]) -> None:
     value = os.environ.get(var)
     if value is not None:
         _FOUND[var] = f"{value} (from {var})" if value else f"none ({var} is empty)"
         return
-    if _answers("127.0.0.1", port) and usable(standard):  # type: ignore[operator]
+    if _answers("127.0.0.1", port) and usable(standard):
         os.environ[var] = standard  # the servers the tests start inherit it too
         _FOUND[var] = f"{standard} (found on its standard port; {var} was unset)"
     else:
@@ -169,6 +169,11 @@ class Backend:
     postgres_url: str | None = None  # the server's maintenance URL
     postgres_template: str | None = None  # the migrated template database's name
     _admin: sa.Engine | None = field(default=None, repr=False)
+
+    @classmethod
+    def server(cls, postgres_url: str, admin: sa.Engine) -> Backend:
+        """A PostgreSQL server's empty databases alone (``migrated=False``): no template."""
+        return cls("postgresql", Path(), postgres_url, None, admin)
 
     @contextmanager
     def database(self, instance: Path, *, migrated: bool = True) -> Iterator[str]:
@@ -275,9 +280,7 @@ def pg_database(postgres_url: str, tmp_path: Path) -> Iterator[str]:
     PostgreSQL does (row locks, concurrent writers), beside the suite's runs on both."""
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     try:
-        with Backend("postgresql", Path(), postgres_url, None, admin).database(
-            tmp_path / "pg", migrated=False
-        ) as url:
+        with Backend.server(postgres_url, admin).database(tmp_path / "pg", migrated=False) as url:
             yield url
     except sa.exc.OperationalError as exc:
         pytest.skip(f"PostgreSQL at {postgres_url} is not reachable: {exc.orig}")

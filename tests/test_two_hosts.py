@@ -9,6 +9,7 @@ restarted, the sockets catch up and go on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -134,10 +135,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
         "WAYBILL_RATE_LIMITS": "merchant_api_per_key=100000/minute",
     }
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    database = Backend("postgresql", Path(), postgres_url, None, admin).database(
-        root / "db", migrated=False
+    opened = contextlib.ExitStack()  # the database, dropped when the fixture ends
+    shared["WAYBILL_DATABASE_URL"] = opened.enter_context(
+        Backend.server(postgres_url, admin).database(root / "db", migrated=False)
     )
-    shared["WAYBILL_DATABASE_URL"] = database.__enter__()
     engine = sa.create_engine(shared["WAYBILL_DATABASE_URL"])
     hosts: list[ServerProcess] = []
     for name in ("host-a", "host-b"):
@@ -192,7 +193,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
         push.stop()
         redis.stop()
         engine.dispose()
-        database.__exit__(None, None, None)
+        opened.close()
         admin.dispose()
 
 
