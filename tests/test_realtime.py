@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 import websocket
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlmodel import Session
+from sqlmodel import Session, select
 from werkzeug.serving import make_server
 
 from tests.conftest import make_settings
@@ -30,7 +31,7 @@ from tests.utils.redis_server import PrivateRedis
 from waybill import create_app
 from waybill.db import migrate, session_scope
 from waybill.ingest import record_order_event
-from waybill.models import Order, OrderEventCreate
+from waybill.models import Change, Order, OrderEventCreate
 from waybill.realtime.broker import RESUBSCRIBED, RedisBroker
 
 #: ``next_frame`` answers this when the server closed the socket: ("close", code).
@@ -142,6 +143,18 @@ def connect(live_server: str) -> Iterator[Callable[..., LiveClient]]:
         c.close()
 
 
+def dispatched(app: Flask, timeout: float = 10.0) -> None:
+    """Wait until this process's sockets were handed every change written so far: what a
+    socket opened afterwards resumes from is all in the database's replay, none in flight."""
+    hub = app.extensions["waybill.hub"]
+    with Session(app.extensions["waybill.engine"]) as session:
+        latest = max(session.exec(select(Change.id)).all(), default=0)
+    deadline = time.monotonic() + timeout
+    while hub.registry.hwm < latest:
+        assert time.monotonic() < deadline, f"dispatched up to {hub.registry.hwm} of {latest}"
+        time.sleep(0.01)
+
+
 def _session_cookie(client: FlaskClient) -> str:
     cookie = client.get_cookie("waybill_session")
     assert cookie is not None
@@ -180,6 +193,7 @@ def test_session_socket_gets_each_change_shaped_like_the_api(
 
 
 def test_resume_replays_each_changed_order_once_then_goes_live(
+    app: Flask,
     connect: Callable[..., LiveClient],
     merchant: MerchantActions,
     auth: AuthActions,
@@ -198,6 +212,7 @@ def test_resume_replays_each_changed_order_once_then_goes_live(
     merchant.scan(ship["id"], "in_transit", "2026-01-02T10:00:00Z")
     merchant.post(f"/orders/{b['id']}/events", {"status": "processing"})
     merchant.scan(ship["id"], "out_for_delivery", "2026-01-03T08:00:00Z")
+    dispatched(app)  # else the last change may come live, after the replay, as it should
 
     again = connect(cookie=_session_cookie(client))
     again.hello()

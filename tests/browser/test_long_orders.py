@@ -169,6 +169,54 @@ def test_the_signed_in_order_screen_pages_through_its_own_route(
     assert fetched and all(f"/api/me/orders/{order['id']}/events?" in url for url in fetched)
 
 
+def focused(page: Any) -> dict[str, str | None]:
+    return page.evaluate(  # type: ignore[no-any-return]
+        """() => ({tag: document.activeElement.tagName,
+                  controls: document.activeElement.getAttribute('aria-controls'),
+                  order: document.activeElement.dataset.order || null})"""
+    )
+
+
+def test_a_live_update_leaves_the_keyboard_where_it_was(
+    phone: Any, live_server: LiveServer
+) -> None:
+    """The screen is drawn again on every change; the button or order the keyboard had reached
+    keeps the focus (a screen-reader user is not thrown back to the top of the page)."""
+    email = "long-focus@example.com"
+    order = long_order(live_server, email)
+    page = phone.new_page()
+    page.goto(f"{live_server.url}/t/{live_server.token_of(order)}")
+    page.get_by_role("heading", level=1).wait_for()
+    tab_to(page, "Show all 30 items")
+    live_server.merchant.scan(
+        order["shipment_id"], "out_for_delivery", "2026-04-02T07:00:00Z", description="Last mile"
+    )
+    page.get_by_role("heading", name="Out for delivery").wait_for()
+    assert focused(page) == {"tag": "BUTTON", "controls": "item-list", "order": None}
+    page.keyboard.press("Enter")
+    announced(page, "25 more items shown, 30 in all")
+
+    # the list of orders: the order card reached stays reached when its order moves group
+    live_server.merchant.create_order(email=email)
+    sign_in(phone, live_server, email)
+    page.goto(f"{live_server.url}/")
+    wait_until(page, "() => document.querySelectorAll('.order-card').length === 2", "two orders")
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if focused(page)["order"] == str(order["id"]):
+            break
+    else:
+        raise AssertionError("Tab never reached the order's card")
+    live_server.merchant.scan(order["shipment_id"], "delivered", "2026-04-02T09:00:00Z")
+    wait_until(
+        page,
+        f"""() => document.querySelector('a[data-order="{order["id"]}"] strong')
+                   ?.textContent === 'Delivered'""",
+        "the order's card saying Delivered",
+    )
+    assert focused(page) == {"tag": "A", "controls": None, "order": str(order["id"])}
+
+
 def test_german_says_how_many(browser: Any, live_server: LiveServer) -> None:
     order = long_order(live_server, "lang-lieferung@example.com")
     context = browser.new_context(

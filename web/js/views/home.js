@@ -42,10 +42,13 @@ export async function render(app) {
     const groups = new Map(GROUPS.map((key) => [key, []]));
     for (const o of orders) groups.get(group(o, zone)).push(o);
     const fresh = (o) => Date.now() - (updatedAt.get(o.id) || 0) < UPDATED_MS;
+    // A redraw keeps the keyboard on the order it had reached, wherever that order moved to.
+    const reached = list.contains(document.activeElement) ? document.activeElement.dataset.order : null;
     list.replaceChildren(...[...groups].filter(([, os]) => os.length).map(([key, os]) =>
       h('section', { class: 'group', 'aria-labelledby': `g-${key}` },
         h('h2', { id: `g-${key}`, text: t(`home.${key}`) }),
         h('ul', { class: 'orders' }, os.map((o) => card(o, zone, fresh(o)))))));
+    if (reached) list.querySelector(`a[data-order="${CSS.escape(reached)}"]`)?.focus();
   };
 
   const alive = app.alive();

@@ -205,6 +205,34 @@ export async function render(app, { token, orderId }) {
     first.focus();
   };
 
+  /**
+   * A redraw (a live update, the service worker's answer) keeps the keyboard where it was: on
+   * the event or item it had reached, or on the same button or link, not dropped to the page.
+   * Gives what puts the focus back once the screen is drawn again, or null.
+   */
+  const focusPlace = () => {
+    const had = document.activeElement;
+    if (!had || had === document.body || !app.main.contains(had)) return null;
+    const reached = had.closest('#timeline-list > li, #item-list > li');
+    if (reached) {
+      const index = [...reached.parentElement.children].indexOf(reached);
+      const list = `#${reached.parentElement.id}`;
+      return () => focusAdded(list, index);
+    }
+    // The same control: the one with the same id, or opening the same list ("Show all 201
+    // events" is the button that said 200 a moment ago), or with the same words.
+    const controls = had.getAttribute('aria-controls');
+    const same = (el) => {
+      if (had.id) return el.id === had.id;
+      if (controls) return el.getAttribute('aria-controls') === controls;
+      return el.textContent === had.textContent;
+    };
+    return () => {
+      const again = [...app.main.querySelectorAll(had.tagName)].find(same);
+      if (again && document.activeElement !== again) again.focus();
+    };
+  };
+
   /** The order as it is now; the older events already shown stay shown. */
   const follow = (order) => {
     if (opened.older && current) opened.older = carryOlder(current, order, opened.older);
@@ -229,17 +257,12 @@ export async function render(app, { token, orderId }) {
         });
       }
     }
-    // A redraw (a live update, the service worker's answer) keeps the keyboard where it was:
-    // on the event or item it had reached, not dropped to the page.
-    const reached = document.activeElement?.closest?.('#timeline-list > li, #item-list > li');
-    const place = reached && app.main.contains(reached)
-      ? [reached.parentElement.id, [...reached.parentElement.children].indexOf(reached) + 1]
-      : null;
+    const place = focusPlace();
     app.show(renderOrder(order, {
       storedAt, extra, older, onShowAllEvents: showAllEvents, itemsOpen: opened.items, onShowAllItems: showAllItems,
       zone: viewerZone(customer), updated: Date.now() - opened.changedAt < UPDATED_MS,
     }));
-    if (place) focusAdded(`#${place[0]}`, place[1] - 1);
+    place?.();
     document.title = `${orderLabel(order)} · ${order.merchant.name} · Waybill`;
   };
 
