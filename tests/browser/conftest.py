@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ago(**delta: float) -> str:
+    """An instant this long before now: screens judge an order by today's date (a window
+    passed, delivered "recently"), so a fixed date would make a test that passes only until
+    it falls behind."""
+    return (datetime.now(UTC) - timedelta(**delta)).isoformat()
+
+
 @dataclass
 class LiveServer:
     """The real app served over real sockets, and a merchant that feeds it through the API."""
@@ -52,8 +60,11 @@ class LiveServer:
     auth: AuthActions
     smtp: SMTPServer
 
-    def order_in_transit(self, email: str = "shopper@example.com", **fields: Any) -> dict[str, Any]:
-        """An order with one shipment scanned in transit: what a customer usually opens."""
+    def order_in_transit(
+        self, email: str = "shopper@example.com", *, scanned_at: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """An order with one shipment scanned in transit (three hours ago unless
+        ``scanned_at``): what a customer usually opens."""
         order = self.merchant.create_order(
             email=email,
             items=[
@@ -64,7 +75,7 @@ class LiveServer:
         )
         shipment = self.merchant.add_shipment(order["id"], carrier="DHL")
         r = self.merchant.scan(
-            shipment["id"], "in_transit", "2026-11-25T09:30:00+00:00", location="Leipzig hub"
+            shipment["id"], "in_transit", scanned_at or ago(hours=3), location="Leipzig hub"
         )
         assert r.status_code == 201, r.get_json()
         return {**r.get_json(), "shipment_id": shipment["id"]}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import LiveServer, axe_violations, sign_in
+from tests.browser.conftest import LiveServer, ago, axe_violations, sign_in
 from tests.utils.pages import wait_until
 
 pytestmark = pytest.mark.browser
@@ -109,7 +109,7 @@ def test_status_change_posted_to_the_api_appears_without_reload(
     page.locator('#live[data-state="live"]').wait_for()
     page.evaluate("() => { window.sameDocument = true; }")
     r = live_server.merchant.scan(
-        order["shipment_id"], "out_for_delivery", "2026-11-26T07:00:00+00:00", location="Berlin"
+        order["shipment_id"], "out_for_delivery", ago(hours=1), location="Berlin"
     )
     assert r.status_code == 201
     page.get_by_role("heading", name="Out for delivery").wait_for()
@@ -274,7 +274,7 @@ def test_dropped_socket_reconnects_and_resumes_what_it_missed(
     hub.shutdown(code=1013, reason="test", grace=0.5)
     page.locator('#live[data-state="connecting"]').wait_for()
     r = live_server.merchant.scan(
-        order["shipment_id"], "attempted", "2026-11-26T09:00:00+00:00", location="Berlin"
+        order["shipment_id"], "attempted", ago(hours=1), location="Berlin"
     )
     assert r.status_code == 201
     with hub.lock:

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.browser.conftest import LiveServer, sign_in
+from tests.browser.conftest import LiveServer, ago, sign_in
 from tests.browser.test_pwa import open_tracking, wait_for_offline_copy
 from tests.utils.pages import wait_until
 
@@ -83,7 +83,7 @@ def test_settings_saves_preferences_and_removes_a_device(
 def test_german_viewer_gets_german_labels_and_local_times(
     browser: Any, live_server: LiveServer
 ) -> None:
-    order = live_server.order_in_transit()
+    order = live_server.order_in_transit(scanned_at="2026-11-25T09:30:00+00:00")
     context = browser.new_context(
         viewport={"width": 360, "height": 740}, locale="de-DE", timezone_id="Europe/Berlin"
     )
@@ -108,7 +108,7 @@ def test_home_moves_an_order_when_it_is_delivered_without_reload(
     page.get_by_role("heading", name="On the way").wait_for()
     page.locator('#live[data-state="live"]').wait_for()
     page.evaluate("() => { window.sameDocument = true; }")
-    r = live_server.merchant.scan(order["shipment_id"], "delivered", "2026-11-26T08:00:00+00:00")
+    r = live_server.merchant.scan(order["shipment_id"], "delivered", ago(hours=1))
     assert r.status_code == 201
     page.get_by_role("heading", name="Delivered recently").wait_for()
     assert page.get_by_role("heading", name="On the way").count() == 0

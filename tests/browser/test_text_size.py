@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import LiveServer, sign_in
+from tests.browser.conftest import LiveServer, ago, sign_in
 from tests.browser.test_screens import api, push_subscription
 from tests.browser.test_settings_screens import save_preferences
-from tests.browser.test_truthful_screens import ago, order_with, window_passed
+from tests.browser.test_truthful_screens import order_with, window_passed
 
 pytestmark = pytest.mark.browser
 

@@ -12,16 +12,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.browser.conftest import LiveServer, sign_in
+from tests.browser.conftest import LiveServer, ago, sign_in
 from tests.browser.test_pwa import open_tracking, wait_for_offline_copy
 from waybill.db import session_scope
 from waybill.models import Order, Shipment
 
 pytestmark = pytest.mark.browser
-
-
-def ago(**delta: float) -> str:
-    return (datetime.now(UTC) - timedelta(**delta)).isoformat()
 
 
 def order_with(
@@ -385,9 +381,10 @@ def test_tracking_page_links_a_signed_in_customer_to_their_orders(
     home.locator(f'[data-order="{order["id"]}"]').wait_for()
     page = open_tracking(phone, live_server, order)
     page.get_by_role("link", name="All your orders").wait_for()
-    assert page.get_by_role("link", name="Settings").is_visible()
+    # each shown once the answer to "who is signed in" is in (waited for, not sampled)
+    page.get_by_role("link", name="Settings").wait_for()
+    page.get_by_role("button", name="Notify me").wait_for()
     assert page.get_by_role("link", name="Sign in to see all your orders").count() == 0
-    assert page.get_by_role("button", name="Notify me").is_visible()
 
 
 @pytest.mark.parametrize("final", ["delivered", "cancelled"])
