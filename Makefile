@@ -31,7 +31,7 @@ browser-deps:
 # module-scoped servers start once. TEST_PROCESSES=0 runs them all in this one.
 TEST_PROCESSES ?= auto
 test: $(STAMP) browser-deps
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadscope
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadscope --durations=30
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
