@@ -200,6 +200,7 @@ def screens(context: Any, server: LiveServer, email: str = "screens@example.com"
     }
 
 
+@pytest.mark.layout
 def test_no_screen_scrolls_sideways_or_has_serious_axe_violations(
     phone: Any, live_server: LiveServer
 ) -> None:

@@ -145,6 +145,7 @@ def test_a_new_version_waits_until_the_customer_reloads(
         live_server.app.extensions["waybill.web"] = web
 
 
+@pytest.mark.layout
 def test_dark_mode_screens_keep_contrast(browser: Any, live_server: LiveServer) -> None:
     from tests.browser.conftest import axe_violations
     from tests.browser.test_pwa import screens

@@ -21,7 +21,7 @@ from tests.browser.test_screens import api, push_subscription
 from tests.browser.test_settings_screens import save_preferences
 from tests.browser.test_truthful_screens import order_with, window_passed
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.layout]
 
 # Every word of the screen's text, and on how many lines it lies: a word on two lines was
 # broken inside (e.g. "Deli/very"). Shop data (.merchant, items, tracking numbers) may break.

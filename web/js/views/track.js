@@ -266,14 +266,25 @@ export async function render(app, { token, orderId }) {
     document.title = `${orderLabel(order)} · ${order.merchant.name} · Waybill`;
   };
 
+  /** The status just changed: marked "just now", and the mark goes once that is no longer true. */
+  const markChanged = (order) => {
+    opened.changedAt = Date.now();
+    setTimeout(() => { if (alive() && current === order) draw(order, opened.storedAt); }, UPDATED_MS + 100);
+  };
+
   const load = async () => {
     try {
       const { data, storedAt } = await get(path);
       if (!alive()) return;
       // A live update newer than this answer wins: answers can arrive late.
       if (current && (current.cursor || 0) > (data.cursor || 0)) return;
+      // A change may come by this answer first (the service worker's, a retry), not by the
+      // socket: it is told all the same, once.
+      const changed = Boolean(current) && current.status !== data.status;
       follow(data);
+      if (changed) markChanged(data);
       draw(data, storedAt);
+      if (changed) app.announce(t('order.changed', { status: orderLabel(data) }));
       if (app.live) app.live.seen(data.cursor);
       else startLive();
     } catch (err) {
@@ -299,11 +310,7 @@ export async function render(app, { token, orderId }) {
     if (order.id !== current.id) return;
     const changed = order.status !== current.status;
     follow(order);
-    if (changed) {
-      opened.changedAt = Date.now();
-      // The mark says "just now": it goes once that is no longer true.
-      setTimeout(() => { if (alive() && current === order) draw(order, opened.storedAt); }, UPDATED_MS + 100);
-    }
+    if (changed) markChanged(order);
     draw(order, null);
     if (changed) app.announce(t('order.changed', { status: orderLabel(order) }));
   });
