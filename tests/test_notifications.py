@@ -549,3 +549,39 @@ def test_a_slow_mail_relay_never_gets_a_message_twice(
     for email in emails:
         assert len(smtp.wait_for(email)) == 1, email
     assert len(smtp.messages) == len(emails)
+
+
+def test_pushes_are_recorded_as_the_push_service_takes_them_not_when_the_batch_ends(
+    app: Flask, shopper: Shopper, push: PushService, client: FlaskClient
+) -> None:
+    """A worker that dies mid-batch sends again only what had no answer yet: each push's
+    outcome is stored while the rest of its batch is still on its way."""
+    for _ in range(5):  # six browsers of hers in all
+        browser = push.subscribe()
+        r = shopper.put("/api/me/push-subscriptions", browser.to_json(), method="post")
+        assert r.status_code == 201  # type: ignore[attr-defined]
+    shopper.prefs(channels={"push": True, "email": False})
+    push.expected_key = client.get("/api/push/public-key").get_json()["public_key"]
+    engine = app.extensions["waybill.engine"]
+    one_at_a_time = Worker(engine, app.config["WAYBILL_SETTINGS"], concurrency=1)
+    push.delay = 0.3  # six pushes, one after another: 1.8 s for the batch
+    shopper.ship()
+
+    def states() -> list[str]:
+        with Session(engine) as session:
+            rows = session.exec(select(OutboxMessage).where(OutboxMessage.channel == "push"))
+            return sorted(row.state for row in rows)
+
+    sending = threading.Thread(target=one_at_a_time.run_once)
+    sending.start()
+    seen: list[list[str]] = []
+    try:
+        while sending.is_alive():
+            seen.append(states())
+            sending.join(0.05)
+    finally:
+        sending.join(10)
+        one_at_a_time.stop()
+    assert any("sent" in s and "pending" in s for s in seen), seen  # part of the batch stored
+    assert states() == ["sent"] * 6
+    assert len(push.deliveries) == 6

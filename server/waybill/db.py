@@ -59,7 +59,9 @@ def create_engine(settings: Settings) -> Engine:
         sa.event.listen(engine, "connect", lambda conn, _: _sqlite_pragmas(conn, lock, db_file))
         sa.event.listen(engine, "begin", _sqlite_begin)
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = sa.create_engine(
+            url, poolclass=FairQueuePool, pool_pre_ping=True, pool_size=10, max_overflow=20
+        )
     return engine
 
 
@@ -154,6 +156,83 @@ class FairLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class FairSemaphore:
+    """``slots`` holders at once; a slot given back goes to the oldest waiter, never to a
+    newcomer (the handover of :class:`FairLock`, counted)."""
+
+    def __init__(self, slots: int) -> None:
+        self._guard = threading.Lock()
+        self._free = slots
+        self._waiters: deque[threading.Event] = deque()
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        with self._guard:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return True
+            turn = threading.Event()
+            self._waiters.append(turn)
+        try:
+            handed = turn.wait(timeout)
+        except BaseException:  # killed while waiting: leave the queue, or pass the slot on
+            if not self._leave(turn):
+                self.release()
+            raise
+        return handed or not self._leave(turn)  # it may have come as the wait timed out
+
+    def _leave(self, turn: threading.Event) -> bool:
+        with self._guard:
+            if turn in self._waiters:
+                self._waiters.remove(turn)
+                return True
+            return False
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().set()
+            else:
+                self._free += 1
+
+
+class FairQueuePool(sa.pool.QueuePool):
+    """SQLAlchemy's pool, with its connections handed out in the order they were asked for.
+
+    The plain pool wakes one waiter when a connection comes back, but whoever asks next
+    takes it first: under a burst (a platform's thousand webhook retries, more requests than
+    connections) a request could wait through many others' turns, for seconds, while newer
+    ones were answered at once. Here every checkout takes a turn first (as many turns as the
+    pool has connections, overflow included), and a returned turn goes to the oldest waiter."""
+
+    def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
+        super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
+        self._turns = FairSemaphore(pool_size + max(max_overflow, 0))
+        self._asking = threading.local()  # QueuePool._do_get may call itself: one turn each
+
+    def _do_get(self) -> Any:
+        if getattr(self._asking, "now", False):
+            return super()._do_get()
+        if not self._turns.acquire(self._timeout):
+            raise sa.exc.TimeoutError(
+                f"QueuePool limit of size {self.size()} overflow {self._max_overflow} reached, "
+                f"connection timed out, timeout {self._timeout:.2f}"
+            )
+        self._asking.now = True
+        try:
+            return super()._do_get()
+        except BaseException:
+            self._turns.release()
+            raise
+        finally:
+            self._asking.now = False
+
+    def _do_return_conn(self, record: Any) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            self._turns.release()
 
 
 def write_lock(path: str) -> FairLock:

@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
@@ -38,6 +38,11 @@ from waybill.notify.webpush import Outgoing, PushResult, PushSender, Subscriptio
 from waybill.orders import tracking_url
 
 log = logging.getLogger("waybill.notify")
+
+#: While a batch's pushes are on their way, those answered are stored this often: a worker
+#: that dies mid-batch leaves for sending again only what had no answer yet (and what was
+#: answered in its last moment), not the whole batch.
+RECORD_EVERY_S = 0.1
 
 MAIL_THREADS = 8  # mails sent at once, and SMTP connections open at most, per worker
 
@@ -78,6 +83,9 @@ class _Batch:
     rows: list[int]  # the outbox row of each push message, in order
     pushes: Future[list[PushResult]]
     others: list[Future[outbox.Outcome]]
+    #: (index into ``rows``, result) of each push as its answer came: appended by the
+    #: sender's thread, read by the worker's (a list's append is atomic)
+    answered: list[tuple[int, PushResult]] = field(default_factory=list)
 
 
 class Worker:
@@ -156,23 +164,39 @@ class Worker:
         if not ids:
             return None
         pushes, jobs = self._prepare(token, now)
+        answered: list[tuple[int, PushResult]] = []
         return _Batch(
             ids=ids,
             token=token,
             now=now,
             rows=[row_id for row_id, _ in pushes],
-            pushes=self.sender.send_many_async([m for _, m in pushes]),
+            pushes=self.sender.send_many_async(
+                [m for _, m in pushes], lambda i, result: answered.append((i, result))
+            ),
             others=[self.pool.submit(job) for job in jobs],  # email, meanwhile, on the pool
+            answered=answered,
         )
 
     def _finish(self, batch: _Batch) -> None:
-        try:
-            results = batch.pushes.result()
-        except Exception as exc:  # the transport itself failed: each message counts a try
-            log.exception("push batch failed")
-            results = [PushResult("retry", None, None, describe_error(exc))] * len(batch.rows)
+        """Record the batch's outcomes: the pushes answered so far every RECORD_EVERY_S while
+        the rest are on their way (a worker killed mid-batch sends again only what was still
+        waiting for its answer, or answered in the last moment), the rest at the end."""
+        recorded = 0
+        while True:
+            try:
+                results = batch.pushes.result(timeout=RECORD_EVERY_S)
+                break
+            except TimeoutError:  # still sending: what was answered meanwhile is stored
+                recorded = self._record_answered(batch, recorded)
+            except Exception as exc:  # the transport itself failed: each message counts a try
+                log.exception("push batch failed")
+                results = [PushResult("retry", None, None, describe_error(exc))] * len(batch.rows)
+                break
+        done = {i for i, _ in batch.answered[:recorded]}
         outcomes = [
-            self._push_outcome(row_id, r) for row_id, r in zip(batch.rows, results, strict=True)
+            self._push_outcome(row_id, r)
+            for i, (row_id, r) in enumerate(zip(batch.rows, results, strict=True))
+            if i not in done
         ]
         for r in results:
             observe.NOTIFICATIONS.labels("push", r.outcome).inc()
@@ -181,6 +205,23 @@ class Worker:
             outbox.record(
                 session, owner=batch.token, outcomes=outcomes, now=max(batch.now, utcnow())
             )
+
+    def _record_answered(self, batch: _Batch, recorded: int) -> int:
+        """Store the outcomes of the pushes answered since the first ``recorded``; returns
+        how many are stored now."""
+        upto = len(batch.answered)
+        if upto == recorded:
+            return recorded
+        outcomes = [self._push_outcome(batch.rows[i], r) for i, r in batch.answered[recorded:upto]]
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            outbox.record(
+                session,
+                owner=batch.token,
+                outcomes=outcomes,
+                now=max(batch.now, utcnow()),
+                whole_batch=False,
+            )
+        return upto
 
     def start(self) -> Worker:
         self._thread = threading.Thread(target=self._loop, name="waybill-outbox", daemon=True)

@@ -379,33 +379,42 @@ def backoff(attempts: int, retry_after: float | None) -> float:
     return max(delay, retry_after or 0.0)
 
 
-def record(session: Session, *, owner: str, outcomes: Sequence[Outcome], now: datetime) -> None:
-    """Store what happened to leased rows; a row whose lease was lost is left alone."""
+def record(
+    session: Session,
+    *,
+    owner: str,
+    outcomes: Sequence[Outcome],
+    now: datetime,
+    whole_batch: bool = True,
+) -> None:
+    """Store what happened to leased rows; a row whose lease was lost is left alone.
+
+    ``whole_batch``: ``outcomes`` are the last of the batch ``owner`` leased, so every row of
+    it still pending and not among the others was sent. Otherwise (a part of a batch whose
+    other messages are still on their way) only the rows named are touched."""
     if not outcomes:
         return
-    # The common case in one statement: every row that went out.
     # The common case in two statements, addressed by the batch's owner token (the rows keep
     # it as a record of who sent them): every row that went out, and their subscriptions.
     others = [o.row_id for o in outcomes if o.result != "sent"]
     if len(others) < len(outcomes):
-        session.exec(  # type: ignore[call-overload]
-            sa.update(OutboxMessage)
-            .where(
-                OutboxMessage.lease_owner == owner,
-                OutboxMessage.state == "pending",
-                col(OutboxMessage.id).not_in(others),
-            )
-            .values(state="sent", done_at=now, lease_until=None)
+        sent = [o.row_id for o in outcomes if o.result == "sent"]
+        which = (
+            col(OutboxMessage.id).not_in(others) if whole_batch else col(OutboxMessage.id).in_(sent)
         )
         session.exec(  # type: ignore[call-overload]
+            sa.update(OutboxMessage)
+            .where(OutboxMessage.lease_owner == owner, OutboxMessage.state == "pending", which)
+            .values(state="sent", done_at=now, lease_until=None)
+        )
+        used = select(OutboxMessage.subscription_id).where(
+            OutboxMessage.lease_owner == owner, OutboxMessage.state == "sent"
+        )
+        if not whole_batch:
+            used = used.where(col(OutboxMessage.id).in_(sent))
+        session.exec(  # type: ignore[call-overload]
             sa.update(PushSubscription)
-            .where(
-                col(PushSubscription.id).in_(
-                    select(OutboxMessage.subscription_id)
-                    .where(OutboxMessage.lease_owner == owner, OutboxMessage.state == "sent")
-                    .scalar_subquery()
-                )
-            )
+            .where(col(PushSubscription.id).in_(used.scalar_subquery()))
             .values(last_used_at=now)
         )
         outcomes = [o for o in outcomes if o.result != "sent"]

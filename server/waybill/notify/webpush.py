@@ -20,6 +20,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC
@@ -129,13 +130,19 @@ class PushSender:
         Every message succeeds or fails alone: nothing a message does fails the batch."""
         return self.send_many_async(messages).result()
 
-    def send_many_async(self, messages: list[Outgoing]) -> Future[list[PushResult]]:
-        """``send_many`` without waiting: the results arrive on the future."""
+    def send_many_async(
+        self,
+        messages: list[Outgoing],
+        on_result: Callable[[int, PushResult], None] | None = None,
+    ) -> Future[list[PushResult]]:
+        """``send_many`` without waiting: the results arrive on the future, and each one as
+        soon as it is known to ``on_result(index, result)`` (called on the sender's thread:
+        keep it short)."""
         if self._async is None:
             with self._lock:
                 if self._async is None:
                     self._async = _AsyncTransport(self, self.pool_size)
-        return self._async.send_many(messages)
+        return self._async.send_many(messages, on_result)
 
 
 def encrypt(sub: Subscription, payload: bytes) -> bytes:
@@ -177,8 +184,12 @@ class _AsyncTransport:
         )
         self.thread.start()
 
-    def send_many(self, messages: list[Outgoing]) -> Future[list[PushResult]]:
-        return asyncio.run_coroutine_threadsafe(self._all(messages), self.loop)
+    def send_many(
+        self,
+        messages: list[Outgoing],
+        on_result: Callable[[int, PushResult], None] | None = None,
+    ) -> Future[list[PushResult]]:
+        return asyncio.run_coroutine_threadsafe(self._all(messages, on_result), self.loop)
 
     def _open(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
         """Made on the loop, once: the connection pool and the limit on requests in flight."""
@@ -202,14 +213,24 @@ class _AsyncTransport:
             self.gate = asyncio.Semaphore(self.concurrency)
         return self.session, self.gate
 
-    async def _all(self, messages: list[Outgoing]) -> list[PushResult]:
+    async def _all(
+        self, messages: list[Outgoing], on_result: Callable[[int, PushResult], None] | None
+    ) -> list[PushResult]:
         session, gate = self._open()
 
-        async def one(m: Outgoing) -> PushResult:
+        async def one(i: int, m: Outgoing) -> PushResult:
             async with gate:
-                return await self._one(session, m)
+                try:
+                    result = await self._one(session, m)
+                except Exception as exc:  # noqa: BLE001 - each message fails alone
+                    result = PushResult("retry", None, None, describe_error(exc))
+            if on_result is not None:
+                on_result(i, result)
+            return result
 
-        results = await asyncio.gather(*(one(m) for m in messages), return_exceptions=True)
+        results = await asyncio.gather(
+            *(one(i, m) for i, m in enumerate(messages)), return_exceptions=True
+        )
         return [
             r if isinstance(r, PushResult) else PushResult("retry", None, None, describe_error(r))
             for r in results
