@@ -316,7 +316,63 @@ def _sqlite_pragmas(dbapi_conn, lock, db_file) -> None:  # type: ignore[no-untyp
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    if db_file is not None and _on_gevent():
+        # SQLite checkpoints the WAL inside the commit that fills it: a C call writing the
+        # pages back and syncing the file, half a second and more on a slow disk, during
+        # which the event loop stood still. Here a native thread does it instead.
+        cur.execute("PRAGMA wal_autocheckpoint=0")
+        _checkpointer(db_file)
     cur.close()
+
+
+def _on_gevent() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
+#: How often a gevent process checkpoints its SQLite WAL, off the event loop.
+CHECKPOINT_EVERY_S = 1.0
+_checkpointers: set[str] = set()
+os.register_at_fork(after_in_child=_checkpointers.clear)
+
+
+def _checkpointer(db_file: Path) -> None:
+    """Once per process and file: a greenlet that every CHECKPOINT_EVERY_S has one of gevent's
+    native threads run a PASSIVE checkpoint (it waits for no reader or writer) on a connection
+    of its own. The event loop only waits, cooperatively, for the thread to finish."""
+    key = str(db_file.resolve())
+    with _write_locks_guard:
+        if key in _checkpointers:
+            return
+        _checkpointers.add(key)
+    import gevent
+
+    uri = Path(key).as_uri() + "?mode=rw"  # never makes a file that is gone
+
+    def checkpoint() -> None:
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def run() -> None:
+        pool = gevent.get_hub().threadpool
+        while True:
+            gevent.sleep(CHECKPOINT_EVERY_S)
+            if not os.path.exists(key):  # the database was removed: nothing left to do
+                with _write_locks_guard:
+                    _checkpointers.discard(key)
+                return
+            try:
+                pool.apply(checkpoint)
+            except Exception:  # noqa: BLE001 - the next turn tries again
+                logging.getLogger("waybill").exception("WAL checkpoint of %s failed", key)
+
+    gevent.spawn(run)
 
 
 def check_connection(engine: Engine) -> None:
