@@ -226,9 +226,12 @@ def postgres_template(postgres_url: str, migrated_template: Path) -> Iterator[Ba
         admin.dispose()
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS)
 def backend(request: pytest.FixtureRequest, migrated_template: Path) -> Backend:
-    """SQLite and PostgreSQL: each test that touches a database runs on both."""
+    """SQLite and PostgreSQL: each test that touches a database runs on both. Module-scoped
+    (the templates it hands out are the session's, made once): a session-scoped parameter
+    switched back and forth as test processes took modules, and pytest tripped over its own
+    finalizers (``assert not self._finalizers``) when it did."""
     if request.param == "sqlite":
         return Backend("sqlite", migrated_template)
     return request.getfixturevalue("postgres_template")  # type: ignore[no-any-return]
@@ -259,7 +262,8 @@ def _same_again(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     if callspec is None or callspec.params.get("backend") != "postgresql":
         return False
-    return item.get_closest_marker("layout") is not None or "postgresql-memory" in callspec.id
+    in_process_broker = "memory" in callspec.params.values()
+    return item.get_closest_marker("layout") is not None or in_process_broker
 
 
 @pytest.hookimpl(trylast=True)
