@@ -275,6 +275,7 @@ def test_signing_out_forgets_the_offline_copy_of_that_customers_orders(
     page.locator(f'[data-order="{order["id"]}"]').wait_for()
     wait_for_offline_copy(page)
     page.goto(live_server.url + "/settings")
+    wait_until(page, "() => navigator.serviceWorker.controller", "a worker in control")
     page.get_by_role("button", name="Sign out", exact=True).click()
     page.get_by_label("Email address").wait_for()
     kept = page.evaluate(

@@ -216,12 +216,15 @@ export async function render(app) {
     }
   });
 
+  /** `promise`, or null once `ms` have passed without it settling. */
+  const within = (promise, ms) => Promise.race([promise, new Promise((done) => setTimeout(() => done(null), ms))]);
   const signOut = h('button', { type: 'button', id: 'sign-out', text: t('settings.signOut') });
   signOut.addEventListener('click', async () => {
     // This device stops hearing about this customer's orders: the next person to use it
     // must not get them. The browser subscription itself stays for any "Notify me" links.
-    const sub = await currentSubscription().catch(() => null);
-    if (sub) await request('DELETE', '/api/me/push-subscriptions', sub.toJSON()).catch(() => {});
+    // Bounded: a service worker still starting (a slow phone) must not hold the sign-out.
+    const sub = await within(currentSubscription(), 3000).catch(() => null);
+    if (sub) await within(request('DELETE', '/api/me/push-subscriptions', sub.toJSON()), 5000).catch(() => {});
     await request('POST', '/auth/logout').catch(() => {});
     app.go('/sign-in', { reload: true });
   });
