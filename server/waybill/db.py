@@ -93,6 +93,15 @@ def _narrow_database_files(db_file: Path) -> None:
             logging.getLogger("waybill").warning("%s is not mode 0600: %s", name, exc)
 
 
+def _leave_queue(guard: threading.Lock, waiters: deque[Any], turn: Any) -> bool:
+    """Take ``turn`` out of ``waiters``; False when it was handed its turn meanwhile."""
+    with guard:
+        if turn in waiters:
+            waiters.remove(turn)
+            return True
+        return False
+
+
 class FairLock:
     """A reentrant lock that hands itself to its waiters in the order they came.
 
@@ -130,11 +139,7 @@ class FairLock:
 
     def _leave(self, turn: tuple[int, threading.Event]) -> bool:
         """Leave the queue; False when the lock was handed over meanwhile (it is ours)."""
-        with self._guard:
-            if turn in self._waiters:
-                self._waiters.remove(turn)
-                return True
-            return False
+        return _leave_queue(self._guard, self._waiters, turn)
 
     def release(self) -> None:
         with self._guard:
@@ -183,11 +188,7 @@ class FairSemaphore:
         return handed or not self._leave(turn)  # it may have come as the wait timed out
 
     def _leave(self, turn: threading.Event) -> bool:
-        with self._guard:
-            if turn in self._waiters:
-                self._waiters.remove(turn)
-                return True
-            return False
+        return _leave_queue(self._guard, self._waiters, turn)
 
     def release(self) -> None:
         with self._guard:
