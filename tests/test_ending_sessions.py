@@ -25,6 +25,7 @@ from tests.test_realtime import connect as connect
 from tests.test_realtime import live_server as live_server
 from tests.utils.factories import AuthActions, MerchantActions
 from tests.utils.push_service import BrowserSubscription, PushService
+from waybill.models import AuthSession
 from waybill.notify.delivery import Worker
 from waybill.notify.models import PushSubscription
 
@@ -310,4 +311,31 @@ def test_a_sign_out_published_by_another_worker_closes_the_sockets_here(
     broker.publish({"type": "sessions_ended", "ids": [phone.session_id], "customer_id": None})
     merchant.add_shipment(order["id"])  # other messages still wake the dispatcher
     closed_at_once(mine, started)
+    assert [m["order"]["status"] for m in other.updates(1)] == ["shipped"]
+
+
+def test_a_sign_out_whose_message_never_came_still_keeps_later_changes_from_its_sockets(
+    app: Flask, connect: Callable[..., LiveClient], merchant: MerchantActions
+) -> None:
+    """Another worker committed the sign-out, and its broker message is late or lost (it
+    travels apart from the changes): a change committed after the sign-out still never
+    reaches the signed-out socket, which closes when that change is dispatched, not at the
+    keepalive round."""
+    order = merchant.create_order(EMAIL)
+    phone, laptop = Device(app, PHONE), Device(app, LAPTOP)
+    mine = connect(cookie=phone.cookie, timeout=AT_ONCE + 1)
+    mine.hello()
+    other = connect(cookie=laptop.cookie)
+    other.hello()
+
+    started = time.monotonic()
+    with Session(app.extensions["waybill.engine"]) as s:  # what the other worker committed
+        ended = s.get(AuthSession, phone.session_id)
+        assert ended is not None
+        ended.revoked_at = datetime.now(UTC)
+        s.add(ended)
+        s.commit()
+    merchant.add_shipment(order["id"])
+    closed_at_once(mine, started)
+    assert updates(mine) == []
     assert [m["order"]["status"] for m in other.updates(1)] == ["shipped"]

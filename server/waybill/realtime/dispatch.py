@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from waybill import observe
-from waybill.models import Change, Order
+from waybill.models import AuthSession, Change, Order
 from waybill.models.types import utcnow
 from waybill.orders import render_orders
 from waybill.realtime.registry import Registry
@@ -106,10 +106,11 @@ class Dispatcher:
                 .order_by(Change.id)  # type: ignore[arg-type]
                 .limit(limit)
             ).all()
-        rows = self._without_gaps(list(rows))
-        if not rows:
-            return False
-        owner = {order_id: customer_id for _, order_id, customer_id, _ in rows}
+            rows = self._without_gaps(list(rows))
+            if not rows:
+                return False
+            owner = {order_id: customer_id for _, order_id, customer_id, _ in rows}
+            self._close_signed_out(session, set(owner.values()))
         with registry.lock:
             wanted = self._wanted(owner)
         bodies = self._render_wanted(wanted)
@@ -128,6 +129,35 @@ class Dispatcher:
                 at = row[3] if row[3].tzinfo else row[3].replace(tzinfo=UTC)
                 observe.DISPATCH_LAG.observe(max((now - at).total_seconds(), 0.0))
         return len(rows) == limit
+
+    def _close_signed_out(self, session: Session, customers: set[int]) -> None:
+        """Close the sockets of these customers whose sign-in has been revoked, before any of
+        these changes goes out to them.
+
+        A sign-out closes its sockets on other workers by its own broker message, which can
+        arrive after a change committed just after the sign-out has been dispatched here. Read
+        after the change rows (the same snapshot on SQLite, a later statement on PostgreSQL),
+        every sign-out committed before these changes is seen, so no signed-out socket is given
+        a change that came after its sign-out."""
+        with self.registry.lock:
+            watched = {
+                conn.scope.session_id
+                for customer_id in customers
+                for conn in self.registry.by_customer.get(customer_id, ())
+                if conn.scope.session_id is not None and not conn.closing
+            }
+        if not watched:
+            return
+        revoked = set(
+            session.exec(
+                select(AuthSession.id).where(
+                    AuthSession.id.in_(sorted(watched)),  # type: ignore[union-attr]
+                    AuthSession.revoked_at.is_not(None),  # type: ignore[union-attr]
+                )
+            )
+        )
+        if revoked:
+            self.registry.close_sessions(revoked)
 
     def _wanted(self, owner: dict[int, int]) -> dict[str, set[int]]:
         """Which changed orders a socket here may see, by the language it reads them in."""
