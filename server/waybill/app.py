@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config.update(
         WAYBILL_SETTINGS=settings,
-        SECRET_KEY=settings.secret_key,
+        SECRET_KEY=str(settings.secret_key),
+        SECRET_KEY_FALLBACKS=list(settings.secret_key.old),  # type: ignore[attr-defined]
         MAX_CONTENT_LENGTH=1024 * 1024,
         TESTING=settings.testing,
     )

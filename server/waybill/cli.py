@@ -329,6 +329,68 @@ def keys_revoke(merchant_id: str, prefix: str) -> None:
     click.echo(f"revoked {prefix}")
 
 
+@main.command("rotate-secret")
+@click.option(
+    "--new",
+    "new_key",
+    is_flag=True,
+    help="First make a new secret key in the instance directory (the old one stays accepted).",
+)
+@_config_errors
+def rotate_secret(new_key: bool) -> None:
+    """Seal what is stored again under the current secret key, so that old keys can go.
+
+    Rotating: give every process the new key with the old one in WAYBILL_OLD_SECRET_KEYS (or
+    run with --new where the key lives in the instance directory), restart them, then run this.
+    """
+    settings = _settings()
+    if new_key:
+        _new_secret_key(settings)
+        return
+    from waybill.auth.rotation import reseal
+
+    done = reseal(_engine(settings), settings.secret_key)
+    click.echo(f"{'':26} {'resealed':>9} {'current':>9} {'unopened':>9}")
+    for kind, count in done.kinds.items():
+        click.echo(f"{kind:26} {count.resealed:>9} {count.current:>9} {count.unopened:>9}")
+    old = len(settings.secret_key.old)  # type: ignore[attr-defined]
+    if done.unopened:
+        raise click.ClickException(
+            f"{done.unopened} stored values open with no key given: keep every old key in "
+            "WAYBILL_OLD_SECRET_KEYS and run this again"
+        )
+    click.echo(
+        f"everything stored is sealed with the current key; {old} old key(s) are still accepted "
+        "for links and tokens made before (unsubscribe links in mail already sent, open pages' "
+        "CSRF tokens, sign-in codes): drop one when that mail is old enough (we keep 30 days)"
+    )
+
+
+def _new_secret_key(settings: Settings) -> None:
+    """A new current key in the instance directory; the one it replaces goes first among the
+    old keys there. Nothing is resealed: running processes do not know the new key yet."""
+    import secrets
+
+    from waybill.config import OLD_SECRET_KEYS_FILE, instance_old_keys, write_private
+
+    key_file = settings.instance_dir / "secret_key"
+    current = str(settings.secret_key)
+    if not key_file.exists() or key_file.read_text().strip() != current:
+        raise click.ClickException(
+            "the secret key is given by WAYBILL_SECRET_KEY, not kept in the instance directory: "
+            "set WAYBILL_SECRET_KEY to a new key and put the old one first in "
+            "WAYBILL_OLD_SECRET_KEYS, restart every process, then run `waybill rotate-secret`"
+        )
+    old = [current, *instance_old_keys(settings.instance_dir)]
+    write_private(settings.instance_dir / OLD_SECRET_KEYS_FILE, "\n".join(old) + "\n")
+    write_private(key_file, secrets.token_urlsafe(48))
+    click.echo(
+        f"new secret key written to {key_file}; the old one is kept in "
+        f"{settings.instance_dir / OLD_SECRET_KEYS_FILE}. Restart every Waybill process (they "
+        "accept both keys), then run `waybill rotate-secret` to seal what is stored again"
+    )
+
+
 @main.command("login-link")
 @click.argument("email")
 @_config_errors

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     broker_url: str = "memory://"
     base_url: str = "http://127.0.0.1:8000"
     secret_key: str = Field("", repr=False)  # empty: generated into the instance dir
+    # keys secret_key replaced, still accepted for opening and verifying (a Keyring, below)
+    old_secret_keys: tuple[str, ...] = Field((), repr=False)
     vapid_private_key: str = Field("", repr=False)
     vapid_subject: str = "mailto:operator@waybill.invalid"
     smtp_url: str = ""
@@ -140,8 +142,18 @@ class Settings(BaseSettings):
         if not s.database_url:
             s = s.with_overrides(database_url=f"sqlite:///{s.instance_dir / 'waybill.db'}")
         if not s.secret_key:
-            s = s.with_overrides(secret_key=_instance_secret(s.instance_dir, "secret_key"))
+            s = s.with_overrides(
+                secret_key=_instance_secret(s.instance_dir, "secret_key"),
+                old_secret_keys=(*s.old_secret_keys, *instance_old_keys(s.instance_dir)),
+            )
         return s
+
+    def model_post_init(self, context: Any, /) -> None:
+        """``secret_key`` is a :class:`~waybill.auth.tokens.Keyring`: the current key, which
+        also carries ``old_secret_keys`` to wherever it is passed for opening and verifying."""
+        from waybill.auth.tokens import Keyring
+
+        object.__setattr__(self, "secret_key", Keyring(self.secret_key, self.old_secret_keys))
 
     @property
     def secure_cookies(self) -> bool:
@@ -175,6 +187,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
             return int(value)
         raise ValueError("expected a whole number such as 0 or 1")
+
+    @field_validator("old_secret_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: object) -> object:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError("expected comma-separated keys")
+        return tuple(str(k).strip() for k in items if str(k).strip())
 
     @field_validator("push_endpoint_hosts", "webhook_endpoint_hosts", mode="before")
     @classmethod
@@ -307,6 +327,33 @@ def _instance_secret(instance_dir: Path, name: str) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return value
+
+
+#: In the instance directory, beside ``secret_key``: the keys ``waybill rotate-secret --new``
+#: replaced, newest first, one per line.
+OLD_SECRET_KEYS_FILE = "old_secret_keys"
+
+
+def instance_old_keys(instance_dir: Path) -> tuple[str, ...]:
+    path = instance_dir / OLD_SECRET_KEYS_FILE
+    if not path.exists():
+        return ()
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace the file ``path`` with ``text``, mode 0600, whole or not at all."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def private_dir(path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from flask import Flask, render_template
 from sqlmodel import Session, select
 
-from waybill.auth.tokens import digest, keyed_digest, new_token, same
+from waybill.auth.tokens import digest, keyed_digest, keyed_digest_matches, new_token
 from waybill.config import Settings
 from waybill.db import session_scope
 from waybill.models import Customer, LoginToken, utcnow
@@ -100,7 +100,7 @@ def consume_code(*, session: Session, email: str, code: str, secret: str) -> Cus
     for login in logins:
         if login.attempts >= MAX_CODE_ATTEMPTS:
             continue
-        if same(keyed_digest(secret, str(login.id), code), login.code_hash):
+        if keyed_digest_matches(secret, login.code_hash, str(login.id), code):
             login.used_at = now
             session.add(login)
             return customer

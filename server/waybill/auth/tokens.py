@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
@@ -23,6 +24,28 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 if TYPE_CHECKING:
     from waybill.models import Order
+
+
+class Keyring(str):
+    """The server's secret key, and the keys it replaced.
+
+    The string itself is the current key (``WAYBILL_SECRET_KEY``): everything new is sealed and
+    signed with it, so a keyring goes wherever a secret key went. ``old`` are the keys it
+    replaced (``WAYBILL_OLD_SECRET_KEYS``), still accepted for opening and verifying: tracking
+    links, CSRF tokens, sign-in codes, unsubscribe links and sealed secrets made before a
+    rotation keep working, and ``waybill rotate-secret`` re-seals what is stored."""
+
+    old: tuple[str, ...]
+
+    def __new__(cls, current: str, old: Iterable[str] = ()) -> Keyring:
+        ring = super().__new__(cls, current)
+        ring.old = tuple(dict.fromkeys(k for k in old if k and k != current))
+        return ring
+
+
+def keys_of(secret: str) -> tuple[str, ...]:
+    """Every key ``secret`` accepts, the current one first."""
+    return (str(secret), *secret.old) if isinstance(secret, Keyring) else (secret,)
 
 
 def new_token(nbytes: int = 32) -> str:
@@ -42,11 +65,16 @@ def digest(token: str) -> str:
 def keyed_digest(secret: str, *parts: str) -> str:
     """The stored form of a low-entropy secret (a 6-digit code): HMAC with the server key."""
     msg = "\x1f".join(parts).encode()
-    return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
+    return hmac.new(str(secret).encode(), msg, hashlib.sha256).hexdigest()
 
 
 def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def keyed_digest_matches(secret: str, expected: str, *parts: str) -> bool:
+    """Whether ``expected`` is the :func:`keyed_digest` of ``parts`` under any key of ``secret``."""
+    return any(same(keyed_digest(key, *parts), expected) for key in keys_of(secret))
 
 
 # --- tracking tokens: sealed with the server key ------------------------------------------
@@ -74,7 +102,7 @@ def seal_tracking_token(secret: str, token: str) -> str:
     The token's hash (the lookup column) is the associated data: a sealed value opens only
     beside the hash it was made for."""
     nonce = os.urandom(_NONCE)
-    sealed = _tracking_aead(secret).encrypt(nonce, token.encode(), digest(token).encode())
+    sealed = _tracking_aead(str(secret)).encrypt(nonce, token.encode(), digest(token).encode())
     return SEAL_PREFIX + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
 
 
@@ -82,15 +110,40 @@ def open_tracking_token(secret: str, sealed: str, token_hash: str) -> str:
     """The tracking token sealed in ``sealed``; :class:`SealError` when it does not open."""
     if not sealed.startswith(SEAL_PREFIX):
         raise SealError("not a sealed tracking token")
-    body = sealed[len(SEAL_PREFIX) :]
+    plain = _open_any(_tracking_aead, secret, sealed[len(SEAL_PREFIX) :], token_hash)
+    if plain is None:
+        raise SealError(
+            "a tracking token does not open with this secret key (was WAYBILL_SECRET_KEY "
+            "changed without the old one in WAYBILL_OLD_SECRET_KEYS?)"
+        )
+    return plain
+
+
+def _open_any(aead: Callable[[str], AESGCM], secret: str, body: str, associated: str) -> str | None:
+    """``body`` (base64url of nonce, ciphertext and tag) opened with the first key of ``secret``
+    that opens it, or None."""
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        plain = _tracking_aead(secret).decrypt(raw[:_NONCE], raw[_NONCE:], token_hash.encode())
-    except (InvalidTag, ValueError, binascii.Error):
-        raise SealError(
-            "a tracking token does not open with this secret key (was WAYBILL_SECRET_KEY changed?)"
-        ) from None
-    return plain.decode()
+    except (ValueError, binascii.Error):
+        return None
+    for key in keys_of(secret):
+        try:
+            return aead(key).decrypt(raw[:_NONCE], raw[_NONCE:], associated.encode()).decode()
+        except (InvalidTag, ValueError):
+            continue
+    return None
+
+
+def opens_with_current(secret: str, sealed: str, associated: str) -> bool | None:
+    """Whether a sealed value (tracking token or merchant secret) opens with the current key:
+    True, False when only an old key opens it, None when no key does."""
+    for prefix, aead in ((SEAL_PREFIX, _tracking_aead), (_SECRET_PREFIX, _secret_aead)):
+        if sealed.startswith(prefix):
+            body = sealed[len(prefix) :]
+            if _open_any(aead, str(secret), body, associated) is not None:
+                return True
+            return False if _open_any(aead, secret, body, associated) is not None else None
+    return None
 
 
 def new_tracking_token(secret: str) -> tuple[str, str, str]:
@@ -121,7 +174,7 @@ def seal_secret(server_key: str, value: str, context: str) -> str:
     database alone does not give it away. ``context`` (e.g. ``"integration:<merchant>:shopify"``)
     binds the sealed value to its row: moved to another row, it does not open."""
     nonce = os.urandom(_NONCE)
-    sealed = _secret_aead(server_key).encrypt(nonce, value.encode(), context.encode())
+    sealed = _secret_aead(str(server_key)).encrypt(nonce, value.encode(), context.encode())
     return _SECRET_PREFIX + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
 
 
@@ -129,10 +182,7 @@ def open_secret(server_key: str, sealed: str, context: str) -> str:
     """The secret sealed in ``sealed`` for ``context``; :class:`SealError` when it does not open."""
     if not sealed.startswith(_SECRET_PREFIX):
         raise SealError("not a sealed secret")
-    body = sealed[len(_SECRET_PREFIX) :]
-    try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        plain = _secret_aead(server_key).decrypt(raw[:_NONCE], raw[_NONCE:], context.encode())
-    except (InvalidTag, ValueError, binascii.Error):
-        raise SealError("a merchant secret does not open with this secret key") from None
-    return plain.decode()
+    plain = _open_any(_secret_aead, server_key, sealed[len(_SECRET_PREFIX) :], context)
+    if plain is None:
+        raise SealError("a merchant secret does not open with this secret key")
+    return plain

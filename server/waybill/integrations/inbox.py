@@ -90,7 +90,7 @@ def adapter(platform: str) -> ModuleType | None:
     return importlib.import_module(f"waybill.integrations.{platform}")
 
 
-def _context(merchant_id: str, platform: str, what: str) -> str:
+def seal_context(merchant_id: str, platform: str, what: str) -> str:
     return f"integration:{merchant_id}:{platform}:{what}"
 
 
@@ -119,9 +119,11 @@ def connect(
         row = Integration(
             merchant_id=merchant.id, platform=platform, secret_sealed="", created_at=now
         )
-    row.secret_sealed = seal_secret(server_key, secret, _context(merchant.id, platform, "secret"))
+    row.secret_sealed = seal_secret(
+        server_key, secret, seal_context(merchant.id, platform, "secret")
+    )
     row.api_key_sealed = (
-        seal_secret(server_key, api_key, _context(merchant.id, platform, "api_key"))
+        seal_secret(server_key, api_key, seal_context(merchant.id, platform, "api_key"))
         if api_key
         else None
     )
@@ -137,7 +139,7 @@ def api_key_of(integration: Integration, server_key: str) -> str | None:
     return open_secret(
         server_key,
         integration.api_key_sealed,
-        _context(integration.merchant_id, integration.platform, "api_key"),
+        seal_context(integration.merchant_id, integration.platform, "api_key"),
     )
 
 
@@ -181,7 +183,7 @@ def receive(
     if sealed is None:
         raise unsigned
     try:
-        secret = open_secret(server_key, sealed, _context(merchant_id, platform, "secret"))
+        secret = open_secret(server_key, sealed, seal_context(merchant_id, platform, "secret"))
     except SealError:
         log.error("integration %s of merchant %s: secret does not open", platform, merchant_id)
         raise unsigned from None

@@ -37,7 +37,7 @@ TIMEOUT = (3.05, 10.0)
 _HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
 
 
-def _context(merchant_id: str) -> str:
+def seal_context(merchant_id: str) -> str:
     return f"webhook_endpoint:{merchant_id}"
 
 
@@ -109,7 +109,7 @@ def set_endpoint(
             merchant_id=merchant.id,
             url=url,
             events="",
-            secret_sealed=seal_secret(server_key, secret, _context(merchant.id)),
+            secret_sealed=seal_secret(server_key, secret, seal_context(merchant.id)),
             created_at=now,
         )
     row.url, row.events, row.updated_at = url, " ".join(sorted(set(events))), now
@@ -167,7 +167,7 @@ def deliver(
     problem = url_error(row.url, extra_hosts)
     if problem:
         return Delivery("retry", f"endpoint URL {problem}")
-    secret = open_secret(server_key, row.secret_sealed, _context(row.merchant_id))
+    secret = open_secret(server_key, row.secret_sealed, seal_context(row.merchant_id))
     try:
         answer = session.post(
             row.url,
