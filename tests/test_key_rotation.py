@@ -12,17 +12,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import database_url_of, make_settings
 from tests.test_cli import run
 from tests.test_integrations import Receiver, connect, fixture, send
+from tests.test_notifications import push as push  # fixture
 from tests.utils.factories import AuthActions, MerchantActions
+from tests.utils.push_service import BrowserSubscription
 from waybill import close_app, create_app
 from waybill.models import Customer
 from waybill.notify.delivery import Worker
 from waybill.notify.unsubscribe import unsubscribe_url
+from waybill.notify.vapid import VapidKeys
 
 OLD = "the-key-before-the-rotation-0123456789"
 NEW = "the-key-after-the-rotation-9876543210"
@@ -197,3 +201,121 @@ def _quiet(me: FlaskClient) -> dict[str, Any]:
     prefs: dict[str, Any] = me.get("/api/me/preferences").get_json()
     prefs["channels"]["email"] = False
     return prefs
+
+
+# --- the VAPID key ----------------------------------------------------------------------------
+
+
+def vapid_key() -> VapidKeys:
+    return VapidKeys(ec.generate_private_key(ec.SECP256R1()))
+
+
+def vapid_settings(current: VapidKeys, *old: VapidKeys) -> dict[str, Any]:
+    return {
+        "vapid_private_key": current.raw_private_key,
+        "old_vapid_private_keys": tuple(k.raw_private_key for k in old),
+        "push_endpoint_hosts": ("127.0.0.1:*",),
+    }
+
+
+def register(client: FlaskClient, csrf: str, sub: BrowserSubscription, key: str | None) -> Any:
+    body = {**sub.to_json(), **({"vapid_key": key} if key else {})}
+    return client.post("/api/me/push-subscriptions", json=body, headers={"X-CSRF-Token": csrf})
+
+
+def deliver(app: Flask) -> None:
+    worker = Worker(app.extensions["waybill.engine"], app.config["WAYBILL_SETTINGS"])
+    try:
+        worker.run_until_idle()
+    finally:
+        worker.stop()
+
+
+def test_after_a_vapid_rotation_each_device_is_signed_for_with_its_key_and_told_to_move(
+    instance_dir, push
+):
+    """The push service takes a message only when it is signed with the key the browser
+    subscribed with (FCM answers 403 otherwise): a rotation must not cut off the devices that
+    subscribed before it, and must bring them over."""
+    old, new = vapid_key(), vapid_key()
+    with serving(instance_dir, OLD, **vapid_settings(new, old)) as app:
+        browser = app.test_client()
+        merchant = as_merchant(app, _new_merchant(app))
+        order = merchant.create_order(EMAIL)
+        csrf = AuthActions(app, browser).sign_in(EMAIL)
+        assert browser.get("/api/push/public-key").get_json()["public_key"] == new.public_key
+        before = push.subscribe(server_key=old.public_key)  # subscribed before the rotation
+        since = push.subscribe(server_key=new.public_key)  # a browser subscribing now
+        assert register(browser, csrf, before, old.public_key).status_code == 201
+        assert register(browser, csrf, since, None).status_code == 201  # the current key
+        stranger = push.subscribe(server_key=vapid_key().public_key)
+        refused = register(browser, csrf, stranger, stranger.server_key)
+        assert refused.status_code == 422 and "vapid_key" in refused.get_json()["error"]["fields"]
+
+        shipment = merchant.add_shipment(order["id"])
+        deliver(app)
+        assert push.errors == []  # every message signed with the subscription's own key
+        [told] = [d.payload for d in push.delivered_to(before)]
+        [plain] = [d.payload for d in push.delivered_to(since)]
+        assert told["status"] == plain["status"] == "shipped"
+        assert told["vapid_key"] == new.public_key  # "subscribe again with this key"
+        assert "vapid_key" not in plain
+
+        # the service worker does as told: the old subscription goes, a new one comes
+        moved = push.subscribe(server_key=new.public_key)
+        headers = {"X-CSRF-Token": csrf}
+        browser.delete("/api/me/push-subscriptions", json=before.to_json(), headers=headers)
+        assert register(browser, csrf, moved, new.public_key).status_code == 201
+        merchant.scan(shipment["id"], "out_for_delivery", "2026-12-04T08:00:00Z")
+        deliver(app)
+        assert push.errors == []
+        assert [d.payload["status"] for d in push.delivered_to(moved)] == ["out_for_delivery"]
+        assert "vapid_key" not in push.delivered_to(moved)[0].payload
+        assert len(push.delivered_to(before)) == 1
+
+    # a device that never moved, once the old key is dropped: never sent a message its push
+    # service would refuse, and forgotten
+    late = push.subscribe(server_key=old.public_key)
+    with serving(instance_dir, OLD, **vapid_settings(new, old)) as app:
+        assert register(same_browser(app, browser), csrf, late, old.public_key).status_code == 201
+    with serving(instance_dir, OLD, **vapid_settings(new)) as app:
+        me = same_browser(app, browser)
+        merchant = as_merchant(app, merchant)
+        merchant.scan(shipment["id"], "delivered", "2026-12-04T12:00:00Z")
+        deliver(app)
+        assert push.errors == [] and push.delivered_to(late) == []
+        assert [d.payload["status"] for d in push.delivered_to(moved)][-1] == "delivered"
+        devices = me.get("/api/me/push-subscriptions").get_json()["subscriptions"]
+        assert len(devices) == 2  # since and moved; late is gone
+        key = me.get("/api/push/public-key")
+        assert key.headers["Cache-Control"] == "no-cache"  # a rotation is seen at once
+
+
+def test_rotate_vapid_new_keeps_the_old_key_and_counts_who_has_moved(tmp_path):
+    instance = tmp_path / "instance"
+    init = run(instance, "init")
+    assert init.returncode == 0, init.stderr
+    first = init.stdout.split("VAPID public key: ", 1)[1].split()[0]
+    made = run(instance, "rotate-vapid", "--new")
+    assert made.returncode == 0, made.stderr
+    second = made.stdout.split("new VAPID public key: ", 1)[1].split(";")[0]
+    assert second != first
+    assert oct((instance / "old_vapid_private_keys").stat().st_mode & 0o777) == "0o600"
+    again = run(instance, "init")  # serving now uses the new key
+    assert again.stdout.split("VAPID public key: ", 1)[1].split()[0] == second
+
+    status = run(instance, "rotate-vapid")
+    assert status.returncode == 0, status.stderr
+    lines = {
+        line.split()[0] + line.split()[1]: line.split() for line in status.stdout.splitlines()[1:3]
+    }
+    assert lines["current0"][-1] == second and lines["old1"][-1] == first
+    assert "0 subscription(s) still on an old key" in status.stdout
+
+    given = run(
+        instance,
+        "rotate-vapid",
+        "--new",
+        env={"WAYBILL_VAPID_PRIVATE_KEY": vapid_key().raw_private_key},
+    )
+    assert given.returncode != 0 and "WAYBILL_VAPID_PRIVATE_KEY" in given.stderr

@@ -41,7 +41,7 @@ from waybill.models import Merchant, Order
 
 SECRET = "test-secret-key-not-for-production"  # make_settings' key
 OLD_HEADS = ("0002_auth", "0002_notify")
-NEW_HEAD = "0009_estimates"  # the head: 0003 seals the tokens, later ones follow
+NEW_HEAD = "0010_vapid_key"  # the head: 0003 seals the tokens, later ones follow
 NO_TRACKING_LIMIT = {"rate_limits": {"tracking_wrong_token_per_ip": "100000/minute"}}
 
 

@@ -43,6 +43,8 @@ self.addEventListener('message', (event) => {
   // A page that opened while this worker was still installing missed its claim: take it now.
   if (msg.type === 'claim') event.waitUntil(self.clients.claim());
   if (msg.type === 'push-target') event.waitUntil(rememberTarget(msg.target));
+  // The app opened: a VAPID key rotated since this browser subscribed means subscribing again.
+  if (msg.type === 'check-push-key') event.waitUntil(renewIfRotated().catch(() => {}));
 });
 
 self.addEventListener('fetch', (event) => {
@@ -153,6 +155,8 @@ self.addEventListener('push', (event) => {
     lang: data.lang,
     data: { url: data.url || '/', orderId: data.order_id },
   }));
+  // Sent with the key this browser subscribed with, which the server has replaced: move over.
+  if (data.vapid_key) event.waitUntil(renewIfRotated(data.vapid_key).catch(() => {}));
 });
 
 self.addEventListener('notificationclick', (event) => {
@@ -176,22 +180,56 @@ self.addEventListener('pushsubscriptionchange', (event) => {
   event.waitUntil((async () => {
     let sub = event.newSubscription;
     if (!sub) {
-      const options = event.oldSubscription?.options;
-      let key = options?.applicationServerKey;
-      if (!key) key = (await (await fetch('/api/push/public-key')).json()).public_key;
+      const key = await serverKey().catch(() => event.oldSubscription?.options?.applicationServerKey);
       sub = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
     }
-    for (const target of await readTargets()) {
-      const headers = { 'Content-Type': 'application/json' };
-      if (target.startsWith('/api/me/')) {
-        const me = await fetch('/api/me', { credentials: 'same-origin' });
-        if (!me.ok) continue;
-        headers['X-CSRF-Token'] = (await me.json()).csrf_token;
-      }
-      if (event.oldSubscription) {
-        await fetch(target, { method: 'DELETE', headers, credentials: 'same-origin', body: JSON.stringify(event.oldSubscription.toJSON()) }).catch(() => {});
-      }
-      await fetch(target, { method: 'POST', headers, credentials: 'same-origin', body: JSON.stringify(sub.toJSON()) });
-    }
+    await register(event.oldSubscription, sub);
   })());
 });
+
+const base64url = (buffer) => btoa(String.fromCharCode(...new Uint8Array(buffer)))
+  .replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+
+/** The VAPID public key a subscription was made with, base64url (as the server writes it). */
+function keyOf(sub) {
+  const key = sub?.options?.applicationServerKey;
+  return key ? base64url(key) : null;
+}
+
+async function serverKey() {
+  const answer = await fetch('/api/push/public-key', { cache: 'no-store' });
+  return (await answer.json()).public_key;
+}
+
+/**
+ * The server signs with another VAPID key than this browser subscribed with (it was rotated):
+ * subscribe again with the current key and tell every place this browser was registered.
+ * A push service takes only messages signed with the subscription's own key, so once the
+ * server drops the old key, a browser that did not move would hear nothing more.
+ */
+async function renewIfRotated(current) {
+  const old = await self.registration.pushManager.getSubscription();
+  if (!old) return;
+  const key = current || await serverKey();
+  if (!key || keyOf(old) === key) return;
+  await old.unsubscribe(); // a browser holds one subscription per worker: the old one goes first
+  const sub = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+  await register(old, sub);
+}
+
+/** Replace `old` by `sub` at every target this browser's subscription was registered at. */
+async function register(old, sub) {
+  const body = { ...sub.toJSON(), vapid_key: keyOf(sub) || undefined };
+  for (const target of await readTargets()) {
+    const headers = { 'Content-Type': 'application/json' };
+    if (target.startsWith('/api/me/')) {
+      const me = await fetch('/api/me', { credentials: 'same-origin' });
+      if (!me.ok) continue;
+      headers['X-CSRF-Token'] = (await me.json()).csrf_token;
+    }
+    if (old) {
+      await fetch(target, { method: 'DELETE', headers, credentials: 'same-origin', body: JSON.stringify(old.toJSON()) }).catch(() => {});
+    }
+    await fetch(target, { method: 'POST', headers, credentials: 'same-origin', body: JSON.stringify(body) });
+  }
+}

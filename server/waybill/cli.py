@@ -64,6 +64,7 @@ def init() -> None:
     from waybill.notify.vapid import load_vapid
 
     vapid = load_vapid(settings)  # made once into the instance dir unless given by environment
+    _stamp_vapid_key(engine, vapid.public_key)
     click.echo(f"VAPID public key: {vapid.public_key}")
     click.echo(f"instance directory: {settings.instance_dir}")
 
@@ -389,6 +390,64 @@ def _new_secret_key(settings: Settings) -> None:
         f"{settings.instance_dir / OLD_SECRET_KEYS_FILE}. Restart every Waybill process (they "
         "accept both keys), then run `waybill rotate-secret` to seal what is stored again"
     )
+
+
+def _stamp_vapid_key(engine: Any, public_key: str) -> int:
+    """Subscriptions from before keys were recorded were made with this key (the only one)."""
+    from waybill.db import session_scope
+    from waybill.notify.subscriptions import stamp_vapid_key
+
+    with session_scope(engine) as session:
+        return stamp_vapid_key(session, public_key)
+
+
+@main.command("rotate-vapid")
+@click.option(
+    "--new",
+    "new_key",
+    is_flag=True,
+    help="Make a new VAPID key in the instance directory (the old one stays in use for now).",
+)
+@_config_errors
+def rotate_vapid(new_key: bool) -> None:
+    """How many push subscriptions are still on each VAPID key; --new starts a rotation.
+
+    Devices move to the current key by themselves: the app checks the key when it opens, and a
+    notification sent with an old key tells the service worker to subscribe again."""
+    from waybill.db import session_scope
+    from waybill.notify.subscriptions import count_by_vapid_key
+    from waybill.notify.vapid import load_old_vapid, load_vapid, replace_instance_key
+
+    settings = _settings()
+    engine = _engine(settings)
+    current = load_vapid(settings)
+    if new_key:
+        _stamp_vapid_key(engine, current.public_key)
+        made = replace_instance_key(settings)
+        click.echo(
+            f"new VAPID public key: {made.public_key}; the old one is kept in "
+            f"{settings.instance_dir}. Restart every Waybill process: devices then subscribe "
+            "again with the new key as they open the app or get their next notification"
+        )
+        return
+    with session_scope(engine) as session:
+        counts = count_by_vapid_key(session)
+    old = [k.public_key for k in load_old_vapid(settings) if k.public_key != current.public_key]
+    rows = [
+        ("current", current.public_key, counts.pop(current.public_key, 0) + counts.pop(None, 0))
+    ]
+    rows += [(f"old {i}", key, counts.pop(key, 0)) for i, key in enumerate(old, 1)]
+    rows += [("not held", key or "", n) for key, n in counts.items()]
+    click.echo(f"{'key':10} {'subscriptions':>13}  public key")
+    for name, key, n in rows:
+        click.echo(f"{name:10} {n:>13}  {key}")
+    waiting = sum(n for name, _, n in rows if name.startswith("old"))
+    if old:
+        click.echo(
+            f"{waiting} subscription(s) still on an old key. Drop an old key (from "
+            "WAYBILL_OLD_VAPID_PRIVATE_KEYS or the instance directory) when few are left: "
+            "the devices still on it stop getting notifications, and are forgotten at the next"
+        )
 
 
 @main.command("login-link")

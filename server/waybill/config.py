@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # keys secret_key replaced, still accepted for opening and verifying (a Keyring, below)
     old_secret_keys: tuple[str, ...] = Field((), repr=False)
     vapid_private_key: str = Field("", repr=False)
+    # VAPID keys it replaced: devices still subscribed with one are signed for with it
+    old_vapid_private_keys: tuple[str, ...] = Field((), repr=False)
     vapid_subject: str = "mailto:operator@waybill.invalid"
     smtp_url: str = ""
     mail_from: str = "Waybill <no-reply@waybill.invalid>"
@@ -149,10 +151,8 @@ class Settings(BaseSettings):
         return s
 
     def model_post_init(self, context: Any, /) -> None:
-        """``secret_key`` is a :class:`~waybill.auth.tokens.Keyring`: the current key, which
+        """``secret_key`` is a :class:`Keyring`: the current key, which
         also carries ``old_secret_keys`` to wherever it is passed for opening and verifying."""
-        from waybill.auth.tokens import Keyring
-
         object.__setattr__(self, "secret_key", Keyring(self.secret_key, self.old_secret_keys))
 
     @property
@@ -188,7 +188,7 @@ class Settings(BaseSettings):
             return int(value)
         raise ValueError("expected a whole number such as 0 or 1")
 
-    @field_validator("old_secret_keys", mode="before")
+    @field_validator("old_secret_keys", "old_vapid_private_keys", mode="before")
     @classmethod
     def _key_list(cls, value: object) -> object:
         items = value.split(",") if isinstance(value, str) else value
@@ -283,6 +283,28 @@ class Settings(BaseSettings):
                 f"expected both set or neither ({missing} is unset)"
             )
         return value
+
+
+class Keyring(str):
+    """The server's secret key, and the keys it replaced.
+
+    The string itself is the current key (``WAYBILL_SECRET_KEY``): everything new is sealed and
+    signed with it, so a keyring goes wherever a secret key went. ``old`` are the keys it
+    replaced (``WAYBILL_OLD_SECRET_KEYS``), still accepted for opening and verifying: tracking
+    links, CSRF tokens, sign-in codes, unsubscribe links and sealed secrets made before a
+    rotation keep working, and ``waybill rotate-secret`` re-seals what is stored."""
+
+    old: tuple[str, ...]
+
+    def __new__(cls, current: str, old: Iterable[str] = ()) -> Keyring:
+        ring = super().__new__(cls, current)
+        ring.old = tuple(dict.fromkeys(k for k in old if k and k != current))
+        return ring
+
+
+def keys_of(secret: str) -> tuple[str, ...]:
+    """Every key ``secret`` accepts, the current one first."""
+    return (str(secret), *secret.old) if isinstance(secret, Keyring) else (secret,)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -44,6 +44,9 @@ class BrowserSubscription:
     endpoint: str
     private_key: ec.EllipticCurvePrivateKey
     auth: bytes
+    # the applicationServerKey it was made with: only messages signed by it are taken (FCM
+    # answers 403 otherwise); None: the service's expected_key, if any
+    server_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         public = self.private_key.public_key().public_bytes(
@@ -125,13 +128,14 @@ class PushService:
         self.server.shutdown()
         self.server.server_close()
 
-    def subscribe(self) -> BrowserSubscription:
+    def subscribe(self, server_key: str | None = None) -> BrowserSubscription:
         sid = f"s{next(self._ids)}"
         sub = BrowserSubscription(
             sid,
             f"{self.origin}/push/{sid}",
             ec.generate_private_key(ec.SECP256R1()),
             os.urandom(16),
+            server_key,
         )
         self.subscriptions[sid] = sub
         return sub
@@ -169,7 +173,7 @@ class PushService:
         if sub is None:
             return self._done(sid, 404, {})
         try:
-            claims = self.verify_vapid(headers.get("authorization", ""))
+            claims = self.verify_vapid(headers.get("authorization", ""), sub.server_key)
             for name in ("ttl", "urgency", "topic"):
                 if name not in headers:
                     raise ValueError(f"no {name} header")
@@ -206,15 +210,19 @@ class PushService:
             self.lock.notify_all()
         return status, headers
 
-    def verify_vapid(self, authorization: str) -> dict[str, Any]:
-        """RFC 8292: ``vapid t=<JWT>, k=<public key>``; the JWT signed ES256 by that key."""
+    def verify_vapid(
+        self, authorization: str, subscribed_with: str | None = None
+    ) -> dict[str, Any]:
+        """RFC 8292: ``vapid t=<JWT>, k=<public key>``; the JWT signed ES256 by that key, which
+        must be the key the subscription was made with."""
         scheme, _, params = authorization.partition(" ")
         if scheme.lower() != "vapid":
             raise ValueError("authorization is not vapid")
         fields = dict(p.strip().split("=", 1) for p in params.split(","))
         token, key = fields["t"], fields["k"]
-        if self.expected_key is not None and key != self.expected_key:
-            raise ValueError("k is not the server's public key")
+        expected = subscribed_with or self.expected_key
+        if expected is not None and key != expected:
+            raise ValueError("k is not the key the subscription was made with")
         header_b64, claims_b64, sig_b64 = token.split(".")
         header = json.loads(unb64url(header_b64))
         if header.get("alg") != "ES256":

@@ -193,6 +193,8 @@ export class App {
     // offline use. Such a page asks the active worker to claim it.
     navigator.serviceWorker.ready.then((reg) => {
       if (!navigator.serviceWorker.controller) reg.active?.postMessage({ type: 'claim' });
+      // Subscribed to push with a VAPID key the server has since rotated: subscribe again.
+      if (navigator.onLine) reg.active?.postMessage({ type: 'check-push-key' });
     }).catch(() => {});
     let reloading = false;
     navigator.serviceWorker.addEventListener('controllerchange', () => {

@@ -11,6 +11,13 @@ function keyBytes(base64url) {
   return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
 }
 
+/** The VAPID public key a subscription was made with, base64url, or null. */
+function keyOf(sub) {
+  const key = sub?.options?.applicationServerKey;
+  if (!key) return null;
+  return btoa(String.fromCharCode(...new Uint8Array(key))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
 /** The current subscription of this browser, or null. */
 export async function currentSubscription() {
   if (!pushSupported()) return null;
@@ -27,12 +34,16 @@ export async function subscribe(target) {
   const permission = await Notification.requestPermission();
   if (permission !== 'granted') throw new Error('denied');
   const reg = await navigator.serviceWorker.ready;
+  const { data } = await get('/api/push/public-key');
   let sub = await reg.pushManager.getSubscription();
+  if (sub && keyOf(sub) && keyOf(sub) !== data.public_key) {
+    await sub.unsubscribe(); // made with a key the server has replaced
+    sub = null;
+  }
   if (!sub) {
-    const { data } = await get('/api/push/public-key');
     sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(data.public_key) });
   }
-  await request('POST', target, sub.toJSON());
+  await request('POST', target, { ...sub.toJSON(), vapid_key: keyOf(sub) || data.public_key });
   reg.active?.postMessage({ type: 'push-target', target });
   return sub;
 }

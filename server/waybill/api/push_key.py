@@ -23,5 +23,6 @@ class PublicKey(BaseModel):
 def public_key() -> Any:
     keys = current_app.extensions["waybill.vapid"]
     response = jsonify(public_key=keys.public_key)
-    response.headers["Cache-Control"] = "public, max-age=3600"
+    # asked again each time: after a key rotation, devices must see the new key at once
+    response.headers["Cache-Control"] = "no-cache"
     return response

@@ -39,6 +39,11 @@ class SubscriptionBody(BaseModel):
     keys: SubscriptionKeys
     expirationTime: int | float | None = None  # noqa: N815  (the browser's own name)
     language: str | None = Field(default=None, description="en or de (tracking link only)")
+    vapid_key: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+        default=None,
+        description="the applicationServerKey subscribed with (base64url); default: the "
+        "current one of GET /api/push/public-key",
+    )
 
 
 class SubscriptionRemoveBody(BaseModel):
@@ -72,6 +77,14 @@ def usable_subscription() -> SubscriptionBody:
     if problem:
         errors["endpoint"] = problem
     errors.update(subscriptions.key_errors(body.keys.p256dh, body.keys.auth))
+    held = current_app.extensions["waybill.vapid_keys"]  # the current public key first
+    if body.vapid_key is None:
+        body.vapid_key = held[0]
+    elif body.vapid_key not in held:
+        errors["vapid_key"] = (
+            "is not a key this server signs with: subscribe again with the key of "
+            "GET /api/push/public-key"
+        )
     if errors:
         raise ApiError(422, "invalid", "this push subscription cannot be used", errors)
     return body
@@ -118,6 +131,7 @@ def add_subscription() -> Any:
         endpoint=body.endpoint,
         p256dh=body.keys.p256dh,
         auth=body.keys.auth,
+        vapid_key=body.vapid_key,
         label=device_label(request.user_agent.string),
         language=language_of(customer),
         auth_session_id=sessions.signed_in().id,

@@ -47,6 +47,7 @@ def add_track_subscription(token: str) -> Any:
         endpoint=body.endpoint,
         p256dh=body.keys.p256dh,
         auth=body.keys.auth,
+        vapid_key=body.vapid_key,
         label=device_label(request.user_agent.string),
         language=preferences.supported_language(language),
         now=utcnow(),

@@ -4,7 +4,7 @@ The server's secret key seals three kinds of stored value: every order's trackin
 (:func:`waybill.auth.tokens.seal_tracking_token`), every merchant integration's webhook secret
 and provider API key, and every merchant webhook endpoint's signing secret
 (:func:`waybill.auth.tokens.seal_secret`). After a rotation the servers hold the new key and
-the old ones (a :class:`~waybill.auth.tokens.Keyring`), so everything still opens;
+the old ones (a :class:`~waybill.config.Keyring`), so everything still opens;
 :func:`reseal` moves what is stored onto the new key, so that the old ones can go.
 
 It walks each table by id in batches, each batch its own transaction, and writes a row only

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
@@ -22,30 +22,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from waybill.config import keys_of
+
 if TYPE_CHECKING:
     from waybill.models import Order
-
-
-class Keyring(str):
-    """The server's secret key, and the keys it replaced.
-
-    The string itself is the current key (``WAYBILL_SECRET_KEY``): everything new is sealed and
-    signed with it, so a keyring goes wherever a secret key went. ``old`` are the keys it
-    replaced (``WAYBILL_OLD_SECRET_KEYS``), still accepted for opening and verifying: tracking
-    links, CSRF tokens, sign-in codes, unsubscribe links and sealed secrets made before a
-    rotation keep working, and ``waybill rotate-secret`` re-seals what is stored."""
-
-    old: tuple[str, ...]
-
-    def __new__(cls, current: str, old: Iterable[str] = ()) -> Keyring:
-        ring = super().__new__(cls, current)
-        ring.old = tuple(dict.fromkeys(k for k in old if k and k != current))
-        return ring
-
-
-def keys_of(secret: str) -> tuple[str, ...]:
-    """Every key ``secret`` accepts, the current one first."""
-    return (str(secret), *secret.old) if isinstance(secret, Keyring) else (secret,)
 
 
 def new_token(nbytes: int = 32) -> str:

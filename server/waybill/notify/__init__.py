@@ -15,10 +15,14 @@ def init_app(app: Flask) -> None:
     The worker starts with the app and again in any process forked from it (gunicorn workers
     with a preloaded app): the first request a new process serves starts that process's own.
     """
-    from waybill.notify.vapid import load_vapid
+    from waybill.notify.vapid import load_old_vapid, load_vapid
 
     settings = app.config["WAYBILL_SETTINGS"]
-    app.extensions["waybill.vapid"] = load_vapid(settings)
+    vapid = load_vapid(settings)
+    app.extensions["waybill.vapid"] = vapid
+    # the public keys a browser may say it subscribed with: the current one first
+    old = [k.public_key for k in load_old_vapid(settings)]
+    app.extensions["waybill.vapid_keys"] = tuple(dict.fromkeys([vapid.public_key, *old]))
     if not settings.run_worker:
         return
     lock = threading.Lock()

@@ -213,8 +213,11 @@ def message(facts: OrderFacts, *, language: str, now: datetime, timezone: str = 
     return Message(title=title, body=body, lang=lang, note=(facts.note or "").strip())
 
 
-def push_payload(facts: OrderFacts, msg: Message) -> bytes:
-    """The JSON the service worker shows; trimmed so it always fits one push message."""
+def push_payload(facts: OrderFacts, msg: Message, *, renew_with: str | None = None) -> bytes:
+    """The JSON the service worker shows; trimmed so it always fits one push message.
+
+    ``renew_with``: the current VAPID public key, for a device subscribed with an old one (the
+    service worker subscribes again with it)."""
     doc: dict[str, Any] = {
         "title": msg.title[:200],
         "body": msg.body,
@@ -224,6 +227,8 @@ def push_payload(facts: OrderFacts, msg: Message) -> bytes:
         "status": facts.status,
         "lang": msg.lang,  # for the notification's own lang attribute
     }
+    if renew_with:
+        doc["vapid_key"] = renew_with
     data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     while len(data) > MAX_PAYLOAD and doc["body"]:
         doc["body"] = doc["body"][: max(0, len(doc["body"]) - (len(data) - MAX_PAYLOAD) - 1)]

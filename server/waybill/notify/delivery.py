@@ -33,7 +33,7 @@ from waybill.notify import content, mail, outbox, preferences, subscriptions
 from waybill.notify.models import OutboxMessage, PushSubscription
 from waybill.notify.push_policy import topic_for, ttl_for, urgency_for
 from waybill.notify.unsubscribe import unsubscribe_url
-from waybill.notify.vapid import load_vapid
+from waybill.notify.vapid import load_old_vapid, load_vapid
 from waybill.notify.webpush import Outgoing, PushResult, PushSender, Subscription, describe_error
 from waybill.orders import tracking_url
 
@@ -111,6 +111,7 @@ class Worker:
             settings.vapid_subject,
             timeout=push_timeout,
             pool_size=concurrency,
+            old_keys=load_old_vapid(settings),
         )
         self.pool = ThreadPoolExecutor(MAIL_THREADS, thread_name_prefix="waybill-mail")
         # The pool's mails share SMTP connections: one for a batch while the relay keeps up.
@@ -349,6 +350,7 @@ class Worker:
                 .scalar_subquery(),
                 Od.eta_earliest,  # Waybill's own window: the message says it
                 Od.eta_latest,
+                S.vapid_key,
             )
             .select_from(X)
             .outerjoin(Od, col(Od.id) == X.order_id)
@@ -367,7 +369,7 @@ class Worker:
         }
         merchants = {r[9]: r[14] for r in joined if r[7] is not None}
         customers = {r[15]: r[15:19] for r in joined if r[15] is not None}
-        subs = {r[19]: r[19:25] for r in joined if r[19] is not None}
+        subs = {r[19]: (*r[19:25], r[29]) for r in joined if r[19] is not None}
         prefs_of: dict[int, preferences.Preferences] = {}
 
         def prefs_for(customer_id: int) -> preferences.Preferences | None:
@@ -435,15 +437,17 @@ class Worker:
                 sub = subs.get(sub_id) if sub_id else None
                 if sub is None:
                     return _const(outbox.Outcome(row_id, "dropped", "subscription gone"))
-                _, sub_customer, endpoint, p256dh, auth, sub_language = sub
+                _, sub_customer, endpoint, p256dh, auth, sub_language, vapid_key = sub
                 if sub_customer is not None and prefs is not None:
                     language, zone = prefs.language, prefs.timezone
                 else:
                     language, zone = sub_language, "UTC"
                 msg = content.message(facts, language=language, now=now, timezone=zone)
+                current = self.sender.keys.public_key
+                renew = current if vapid_key and vapid_key != current else None
                 return Outgoing(
-                    Subscription(endpoint, p256dh, auth),
-                    content.push_payload(facts, msg),
+                    Subscription(endpoint, p256dh, auth, vapid_key),
+                    content.push_payload(facts, msg, renew_with=renew),
                     ttl_for(status),
                     urgency_for(status),
                     topic_for(order_id),

@@ -33,6 +33,9 @@ class PushSubscription(SQLModel, table=True):
     created_at: datetime = created()
     last_used_at: datetime | None = ts(nullable=True)
     expires_at: datetime | None = ts(nullable=True)  # anonymous ones: 30 days after terminal
+    # the VAPID public key the browser subscribed with (None: from before keys were recorded,
+    # the current one); messages to it are signed with that key
+    vapid_key: str | None = Field(default=None, max_length=100)
 
 
 class OrderMute(SQLModel, table=True):

@@ -119,6 +119,7 @@ def save(
     customer_id: int | None = None,
     order_id: int | None = None,
     auth_session_id: int | None = None,
+    vapid_key: str | None = None,
 ) -> tuple[PushSubscription, bool]:
     """Store the subscription; the same endpoint again only refreshes its keys (and moves it
     to the sign-in registering it now)."""
@@ -135,6 +136,8 @@ def save(
             auth=auth,
         )
     sub.p256dh, sub.auth, sub.label, sub.language = p256dh, auth, label[:100], language
+    if vapid_key is not None:  # subscribed again (with another key after a rotation)
+        sub.vapid_key = vapid_key
     if auth_session_id is not None:
         sub.auth_session_id = auth_session_id
     sub.last_used_at = sub.last_used_at or utcnow()
@@ -150,6 +153,7 @@ def subscribe_customer(
     endpoint: str,
     p256dh: str,
     auth: str,
+    vapid_key: str | None = None,
     label: str,
     language: str,
     auth_session_id: int | None,
@@ -167,6 +171,7 @@ def subscribe_customer(
         endpoint=endpoint,
         p256dh=p256dh,
         auth=auth,
+        vapid_key=vapid_key,
         label=label,
         language=language,
         customer_id=customer_id,
@@ -183,6 +188,7 @@ def follow_order(
     endpoint: str,
     p256dh: str,
     auth: str,
+    vapid_key: str | None = None,
     label: str,
     language: str,
     now: datetime,
@@ -206,6 +212,7 @@ def follow_order(
         endpoint=endpoint,
         p256dh=p256dh,
         auth=auth,
+        vapid_key=vapid_key,
         label=label,
         language=language,
         order_id=order_id,
@@ -357,3 +364,23 @@ def of_device(
         )
         if i is not None
     }
+
+
+def stamp_vapid_key(session: Session, public_key: str) -> int:
+    """Record ``public_key`` as the key of every subscription made before keys were recorded
+    (there was only ever one key then): before a rotation, so that they are still signed for
+    with it afterwards. Returns how many."""
+    result = session.execute(
+        sa.update(PushSubscription)
+        .where(col(PushSubscription.vapid_key).is_(None))
+        .values(vapid_key=public_key)
+    )
+    return int(result.rowcount or 0)
+
+
+def count_by_vapid_key(session: Session) -> dict[str | None, int]:
+    """How many subscriptions are on each VAPID key (None: not recorded, the current one)."""
+    rows = session.execute(
+        sa.select(PushSubscription.vapid_key, sa.func.count()).group_by(PushSubscription.vapid_key)
+    )
+    return {key: int(n) for key, n in rows}

@@ -15,9 +15,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from waybill.config import ConfigError, Settings, private_dir
+from waybill.config import ConfigError, Settings, private_dir, write_private
 
 KEY_FILE = "vapid_private_key.pem"
+#: Beside it: the keys ``waybill rotate-vapid --new`` replaced, newest first, one per line
+#: (base64url of the raw scalar).
+OLD_KEYS_FILE = "old_vapid_private_keys"
 
 
 def b64url(data: bytes) -> str:
@@ -39,6 +42,11 @@ class VapidKeys:
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
         return b64url(raw)
+
+    @property
+    def raw_private_key(self) -> str:
+        """The private key as ``WAYBILL_VAPID_PRIVATE_KEY`` takes it: base64url of the scalar."""
+        return b64url(self.private_key.private_numbers().private_value.to_bytes(32, "big"))
 
 
 def parse_private_key(text: str) -> ec.EllipticCurvePrivateKey:
@@ -91,3 +99,39 @@ def load_vapid(settings: Settings, *, create: bool = True) -> VapidKeys:
         finally:
             tmp.unlink(missing_ok=True)
     return VapidKeys(parse_private_key(path.read_text()))
+
+
+def load_old_vapid(settings: Settings) -> tuple[VapidKeys, ...]:
+    """The VAPID keys the current one replaced (``WAYBILL_OLD_VAPID_PRIVATE_KEYS`` and the
+    instance directory's ``old_vapid_private_keys``): devices subscribed with one of them are
+    still signed for with it, until they subscribe again with the current key."""
+    texts = list(settings.old_vapid_private_keys)
+    path = Path(settings.instance_dir) / OLD_KEYS_FILE
+    if path.exists():
+        texts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    keys: dict[str, VapidKeys] = {}
+    for text in texts:
+        key = VapidKeys(parse_private_key(text))
+        keys.setdefault(key.public_key, key)
+    return tuple(keys.values())
+
+
+def replace_instance_key(settings: Settings) -> VapidKeys:
+    """A new VAPID key in the instance directory; the one it replaces goes first among the old
+    keys there. :class:`ConfigError` when the key is given by ``WAYBILL_VAPID_PRIVATE_KEY``."""
+    if settings.vapid_private_key:
+        raise ConfigError(
+            "the VAPID key is given by WAYBILL_VAPID_PRIVATE_KEY, not kept in the instance "
+            "directory: set it to a new key and put the old one first in "
+            "WAYBILL_OLD_VAPID_PRIVATE_KEYS, then restart every process"
+        )
+    current = load_vapid(settings)
+    directory = Path(settings.instance_dir)
+    old = [current.raw_private_key, *(k.raw_private_key for k in load_old_vapid(settings))]
+    write_private(directory / OLD_KEYS_FILE, "\n".join(dict.fromkeys(old)) + "\n")
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_private(directory / KEY_FILE, pem.decode())
+    return VapidKeys(key)

@@ -20,7 +20,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC
@@ -49,6 +49,13 @@ class Subscription:
     endpoint: str
     p256dh: str
     auth: str
+    # the VAPID public key the browser subscribed with; None: the current one
+    vapid_key: str | None = None
+
+
+class UnknownVapidKey(Exception):
+    """The subscription was made with a VAPID key this server no longer holds: its push
+    service refuses anything signed with another, so it can never be reached again."""
 
 
 @dataclass(frozen=True)
@@ -96,28 +103,39 @@ class PushSender:
         timeout: float = 10.0,
         pool_size: int = 64,
         tls: ssl.SSLContext | None = None,
+        old_keys: Sequence[VapidKeys] = (),
     ) -> None:
         self.keys, self.subject, self.timeout = keys, subject, timeout
         self.tls = tls or ssl.create_default_context()  # whom https push services may be
-        self._vapid = Vapid02(private_key=keys.private_key)
-        self._headers: dict[str, tuple[str, float]] = {}
+        # one signer per key: the current one, and the old ones devices may still be on
+        self._signers = {k.public_key: Vapid02(private_key=k.private_key) for k in old_keys}
+        self._signers[keys.public_key] = Vapid02(private_key=keys.private_key)
+        self._headers: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.RLock()
         self.pool_size = pool_size
         self._async: _AsyncTransport | None = None
 
-    def vapid_header(self, endpoint: str, now: float | None = None) -> str:
-        """The ``Authorization`` header for the endpoint's origin, signed at most hourly-ish."""
+    def vapid_header(
+        self, endpoint: str, key: str | None = None, *, now: float | None = None
+    ) -> str:
+        """The ``Authorization`` header for the endpoint's origin, signed at most hourly-ish
+        with ``key`` (a VAPID public key the subscription was made with; default: the current
+        one). :class:`UnknownVapidKey` for a key this server does not hold."""
         now = time.time() if now is None else now
-        origin = origin_of(endpoint)
-        cached = self._headers.get(origin)
+        key = key or self.keys.public_key
+        cache = (origin_of(endpoint), key)
+        cached = self._headers.get(cache)
         if cached is not None and now < cached[1]:
             return cached[0]
+        signer = self._signers.get(key)
+        if signer is None:
+            raise UnknownVapidKey("subscribed with a VAPID key this server no longer holds")
         with self._lock:
             exp = int(now) + JWT_LIFETIME
             # A fresh dict per origin: a shared one would carry one service's aud to another.
-            claims = {"sub": self.subject, "aud": origin, "exp": exp}
-            header = self._vapid.sign(claims)["Authorization"]
-            self._headers[origin] = (header, exp - JWT_REFRESH_BEFORE)
+            claims = {"sub": self.subject, "aud": cache[0], "exp": exp}
+            header = signer.sign(claims)["Authorization"]
+            self._headers[cache] = (header, exp - JWT_REFRESH_BEFORE)
         return header
 
     def close(self) -> None:
@@ -240,7 +258,9 @@ class _AsyncTransport:
         sub = m.subscription
         try:
             body = encrypt(sub, m.payload)
-            auth = self.sender.vapid_header(sub.endpoint)
+            auth = self.sender.vapid_header(sub.endpoint, sub.vapid_key)
+        except UnknownVapidKey as exc:  # its old key was dropped: forget it, as a 410 would
+            return PushResult("gone", None, None, str(exc))
         except Exception as exc:  # keys or an endpoint that cannot be used: never will be
             return PushResult("rejected", None, None, describe_error(exc))
         headers = {
