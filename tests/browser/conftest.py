@@ -92,7 +92,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> I
         yield from _serve(instance)
 
 
-def _serve(instance: Path) -> Iterator[LiveServer]:
+def _serve(instance: Path, **overrides: Any) -> Iterator[LiveServer]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     smtp = SMTPServer().start()
@@ -102,6 +102,7 @@ def _serve(instance: Path) -> Iterator[LiveServer]:
         smtp_url=smtp.url,
         push_endpoint_hosts=("127.0.0.1:*",),
         extra={"rate_limits": {"tracking_wrong_token_per_ip": "1000/minute"}},
+        **overrides,
     )
     app = create_app(settings)
     server: BaseWSGIServer = make_server("127.0.0.1", port, files_read_whole(app), threaded=True)
