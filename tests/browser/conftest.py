@@ -168,6 +168,32 @@ def sign_in(context: Any, server: LiveServer, email: str) -> None:
     page.close()
 
 
+def push_to_worker(context: Any, page: Any, origin: str) -> Any:
+    """A function delivering a push message (its text) to the service worker of ``page``, as
+    the browser does when its push service forwards one (through the DevTools protocol)."""
+    cdp = context.new_cdp_session(page)
+    registrations: list[dict[str, Any]] = []
+    cdp.on(
+        "ServiceWorker.workerRegistrationUpdated",
+        lambda e: registrations.extend(r for r in e["registrations"] if not r["isDeleted"]),
+    )
+    cdp.send("ServiceWorker.enable")
+    for _ in range(100):  # the registrations arrive as an event just after enable
+        if registrations:
+            break
+        page.wait_for_timeout(50)
+    assert registrations, "CDP reported no service worker registration within 5 s"
+    registration_id = registrations[0]["registrationId"]
+
+    def push(data: str) -> None:
+        cdp.send(
+            "ServiceWorker.deliverPushMessage",
+            {"origin": origin + "/", "registrationId": registration_id, "data": data},
+        )
+
+    return push
+
+
 def axe_violations(page: Any) -> list[dict[str, Any]]:
     """Serious and critical axe-core findings on the page as it is now."""
     if not AXE.exists():

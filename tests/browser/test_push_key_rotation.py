@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session, select
 
-from tests.browser.conftest import LiveServer, _serve, sign_in
+from tests.browser.conftest import LiveServer, _serve, push_to_worker, sign_in
 from tests.browser.test_screens import api
 from tests.conftest import Backend
 from tests.utils.push_service import BrowserSubscription, PushService
@@ -168,18 +168,7 @@ def test_a_notification_sent_with_the_old_key_moves_the_subscription(
         phone, live_server, push, "told@example.com"
     )
     phone.grant_permissions(["notifications"], origin=live_server.url)
-    cdp = phone.new_cdp_session(page)
-    registrations: list[dict[str, Any]] = []
-    cdp.on(
-        "ServiceWorker.workerRegistrationUpdated",
-        lambda e: registrations.extend(r for r in e["registrations"] if not r["isDeleted"]),
-    )
-    cdp.send("ServiceWorker.enable")
-    for _ in range(100):
-        if registrations:
-            break
-        page.wait_for_timeout(50)
-    assert registrations, "CDP reported no service worker registration within 5 s"
+    push_message = push_to_worker(phone, page, live_server.url)
     told = {
         "title": "Shipped",
         "body": "Test Shop",
@@ -189,13 +178,6 @@ def test_a_notification_sent_with_the_old_key_moves_the_subscription(
         "status": "shipped",
         "vapid_key": NEW.public_key,  # what the server adds for a device on an old key
     }
-    cdp.send(
-        "ServiceWorker.deliverPushMessage",
-        {
-            "origin": live_server.url + "/",
-            "registrationId": registrations[0]["registrationId"],
-            "data": json.dumps(told),
-        },
-    )
+    push_message(json.dumps(told))
     wait_for_move(live_server, before, moved)
     the_next_notification_arrives(live_server, push, order, moved)

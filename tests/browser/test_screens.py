@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.browser.conftest import LiveServer, ago, sign_in
+from tests.browser.conftest import LiveServer, ago, push_to_worker, sign_in
 from tests.browser.test_pwa import open_tracking, wait_for_offline_copy
 from tests.utils.pages import wait_until
 
@@ -199,25 +199,7 @@ def test_service_worker_shows_pushed_messages_json_or_text(
     phone.grant_permissions(["notifications"], origin=live_server.url)
     page = open_tracking(phone, live_server, order)
     wait_for_offline_copy(page)
-    cdp = phone.new_cdp_session(page)
-    registrations: list[dict[str, Any]] = []
-    cdp.on(
-        "ServiceWorker.workerRegistrationUpdated",
-        lambda e: registrations.extend(r for r in e["registrations"] if not r["isDeleted"]),
-    )
-    cdp.send("ServiceWorker.enable")
-    for _ in range(100):  # the registrations arrive as an event just after enable
-        if registrations:
-            break
-        page.wait_for_timeout(50)
-    assert registrations, "CDP reported no service worker registration within 5 s"
-    registration_id = registrations[0]["registrationId"]
-
-    def push(data: str) -> None:
-        cdp.send(
-            "ServiceWorker.deliverPushMessage",
-            {"origin": live_server.url + "/", "registrationId": registration_id, "data": data},
-        )
+    push = push_to_worker(phone, page, live_server.url)
 
     def shown(count: int, data: str) -> list[Any]:
         """Deliver ``data`` and wait until ``count`` notifications show. A delivery over CDP
