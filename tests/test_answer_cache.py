@@ -3,10 +3,16 @@ an answer older than what the change log says, never one reader's or language's 
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.utils.factories import AuthActions, MerchantActions
+from waybill.api import customer as customer_api
+from waybill.api import track as track_api
 from waybill.orders import AnswerCache
 
 EMAIL = "cache@example.com"
@@ -84,3 +90,49 @@ def test_the_cache_keeps_the_newest_and_a_bounded_number() -> None:
     cache.put("c", 1, b"c")
     assert cache.get("b", 1) is None
     assert (cache.get("a", 5), cache.get("c", 1)) == (b"five", b"c")
+
+
+def test_a_change_committed_while_an_answer_is_read_is_never_hidden_under_its_cursor(
+    app: Flask,
+    merchant: MerchantActions,
+    auth: AuthActions,
+    client: FlaskClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The order is found, then a scan commits, then the change log's cursor is read: the
+    answer must not show the order as it was under the newer cursor (on PostgreSQL each
+    statement sees what was committed when it began). The app would take such an answer for
+    the newer state and go back to the old status; the cache would keep it until the next
+    change."""
+    order = merchant.create_order(EMAIL)
+    shipment = merchant.add_shipment(order["id"])
+    auth.sign_in(EMAIL)
+    token = order["tracking_url"].rsplit("/", 1)[1]
+    scans = iter(["in_transit", "out_for_delivery"])
+
+    def meanwhile(found: Any) -> Any:
+        """After the request has found its order, another request commits a scan."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            row = found(*args, **kwargs)
+            other = threading.Thread(
+                target=merchant.scan,
+                args=(shipment["id"], next(scans), "2026-11-20T08:00:00Z"),
+            )
+            other.start()
+            other.join()
+            return row
+
+        return run
+
+    for module, name, path, status in (
+        (track_api, "tracked_order", f"/api/track/{token}", "in_transit"),
+        (customer_api, "owned_or_404", f"/api/me/orders/{order['id']}", "out_for_delivery"),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, meanwhile(getattr(module, name)))
+            raced = client.get(path).get_json()
+        fresh = client.get(path).get_json()  # from the cache, if it kept the raced answer
+        assert fresh["status"] == status, path
+        # the raced answer shows the order before or after the scan, as its cursor says
+        assert raced["cursor"] < fresh["cursor"] or raced["status"] == status, path

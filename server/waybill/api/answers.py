@@ -34,6 +34,17 @@ def order_json(order: Order, *, language: str = "en", merchant_view: bool = Fals
     )
 
 
+def order_json_now(order: Order, *, language: str = "en") -> Any:
+    """:func:`order_json` of the order as it is now, read again after the change log's cursor.
+
+    The row that found the order was read before the cursor; on PostgreSQL each statement sees
+    what was committed when it began, so a change committed between the two would give an
+    answer older than its cursor (the app would take it for the newer state and go back), kept
+    under that cursor until the next change."""
+    get_session().refresh(order)
+    return order_json(order, language=language)
+
+
 def cached_json(key: Hashable, cursor: int, render: Callable[[], Any]) -> Response:
     """A JSON answer that depends on nothing but what the change log's ``cursor`` stands for
     (and ``key``): served from the app's :class:`AnswerCache` while the cursor has not moved,

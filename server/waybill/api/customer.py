@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from waybill.api import events
 from waybill.api.access import owned_or_404
-from waybill.api.answers import cached_json, order_json, rendered_orders
+from waybill.api.answers import cached_json, order_json_now, rendered_orders
 from waybill.api.spec import operation
 from waybill.auth import sessions
 from waybill.db import get_session
@@ -82,7 +82,7 @@ def my_order(order_id: int) -> Any:
     return cached_json(
         ("order", order_id, language),
         order_cursor(db, order_id),
-        lambda: order_json(order, language=language),
+        lambda: order_json_now(order, language=language),
     )
 
 

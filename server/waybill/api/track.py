@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from waybill.api import events
-from waybill.api.answers import browser_language, cached_json, order_json
+from waybill.api.answers import browser_language, cached_json, order_json_now
 from waybill.api.spec import operation
 from waybill.db import get_session
 from waybill.models import OrderPublic
@@ -26,7 +26,7 @@ def track(token: str) -> Any:
     return cached_json(
         ("order", order.id, language),
         order_cursor(db, order.id),  # type: ignore[arg-type]
-        lambda: order_json(order, language=language),
+        lambda: order_json_now(order, language=language),
     )
 
 
