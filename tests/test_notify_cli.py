@@ -7,6 +7,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from tests.conftest import make_settings
@@ -152,26 +154,39 @@ def test_worker_processes_share_the_outbox_and_send_each_message_once(
     client = app.test_client()
     push.expected_key = client.get("/api/push/public-key").get_json()["public_key"]
     merchant = make_merchant(app, client)
-    browsers = []
+    browsers, orders = [], []
     for i in range(60):
-        order = merchant.create_order(f"p{i}@example.com")
+        orders.append(merchant.create_order(f"p{i}@example.com"))
         browsers.append(push.subscribe())
-        token = order["tracking_url"].rsplit("/", 1)[1]
+        token = orders[-1]["tracking_url"].rsplit("/", 1)[1]
         r = client.post(f"/api/track/{token}/push-subscriptions", json=browsers[-1].to_json())
         assert r.status_code == 201
-        merchant.add_shipment(order["id"])
     worker = subprocess.Popen(
         [WAYBILL, "worker", "--processes", "2", "--concurrency", "8"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(worker.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    running = r"outbox worker (\d+-[0-9a-f]+) running"
     try:
+        # Both processes are up before there is work: on a loaded machine the first could
+        # otherwise send everything before the second had started.
+        deadline = time.monotonic() + 30
+        while len(set(re.findall(running, "".join(lines)))) < 2:
+            assert time.monotonic() < deadline and worker.poll() is None, "".join(lines)
+            time.sleep(0.05)
+        for order in orders:
+            merchant.add_shipment(order["id"])
         assert push.wait_for(lambda: len(push.deliveries) >= len(browsers), timeout=60)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
-        output = worker.stdout.read().decode()  # type: ignore[union-attr]
-        owners = re.findall(r"outbox worker (\d+-[0-9a-f]+) running", output)
+        reader.join(10)
+        output = "".join(lines)
+        owners = re.findall(running, output)
         assert len(set(owners)) == 2, output  # two processes, each its own lease owner
         assert sorted(len(push.delivered_to(b)) for b in browsers) == [1] * len(browsers)
         assert push.errors == []
