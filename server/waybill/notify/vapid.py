@@ -8,6 +8,7 @@ a browser subscribed with its public key hears only a sender holding the private
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ def b64url_decode(text: str) -> bytes:
 class VapidKeys:
     private_key: ec.EllipticCurvePrivateKey
 
-    @property
+    @functools.cached_property  # asked for every message sent: computed once
     def public_key(self) -> str:
         """The application server key the browser subscribes with (uncompressed point)."""
         raw = self.private_key.public_key().public_bytes(
