@@ -247,6 +247,9 @@ def run_worker(concurrency: int) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    from waybill import gctune
+
+    gctune.tune()  # started: what it loaded stays out of every collection
     w.start()
     click.echo(f"outbox worker {w.owner} running; Ctrl-C to stop")
     stop.wait()

@@ -107,9 +107,12 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        from waybill import gctune
         from waybill.app import create_app
 
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        gctune.tune()  # each worker, once its app is built (see waybill.gctune)
+        return app
 
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
