@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -346,3 +347,32 @@ def test_operators_can_tune_the_limits_and_typos_are_refused(instance_dir):
     for wrong in ("merchant_api=2/minute", "merchant_api_per_key=lots"):
         with pytest.raises(ConfigError, match="WAYBILL_RATE_LIMITS"):
             create_app(Settings.from_env({**env, "WAYBILL_RATE_LIMITS": wrong}, testing=True))
+
+
+def test_files_a_page_loads_carry_only_the_headers_that_apply_to_them(client):
+    """Scripts, style sheets and images are never shown as a page: the headers that govern a
+    document are left off them (a phone's first load carried them on every file), nosniff
+    stays. The page itself and the service worker (whose own answer's policy is the worker's)
+    keep the whole set."""
+    page = client.get("/")
+    _assert_security_headers(page)
+    assets = re.findall(r'(?:href|src)="(/assets/[^"]+\.(?:js|css))"', page.get_data(as_text=True))
+    assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for path in [*assets, "/icons/icon-192.png"]:
+        with client.get(path) as r:
+            assert r.status_code == 200, path
+            assert r.headers["X-Content-Type-Options"] == "nosniff", path
+            for name in (
+                "Content-Security-Policy",
+                "Permissions-Policy",
+                "X-Frame-Options",
+                "Referrer-Policy",
+            ):
+                assert name not in r.headers, (path, name)
+    with client.get("/sw.js") as worker:  # its answer's policy is the worker's
+        _assert_security_headers(worker)
+    with client.get("/icons/logo.svg") as svg:  # a picture that, opened alone, is a page
+        assert (
+            svg.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+        )
+        assert svg.headers["X-Content-Type-Options"] == "nosniff"

@@ -61,6 +61,24 @@ def limits_for(settings: Settings) -> dict[str, str]:
     return chosen
 
 
+#: What a page loads and never shows as a page of its own: scripts (not the service worker,
+#: whose own answer's policy is the worker's), style sheets and raster images. The headers that
+#: govern a document (CSP, referrer policy, Permissions-Policy, framing, COOP) do nothing on
+#: them (the page's own govern what it loads); on the tracking page's first load they were
+#: 650 bytes on each of 16 files, a sixth of its weight.
+_SUBRESOURCE_TYPES = frozenset(
+    {"text/javascript", "application/javascript", "text/css", "image/png", "image/x-icon"}
+)
+
+
+#: An SVG opened on its own is a document: it may load and run nothing, nor be framed.
+IMAGE_POLICY = "default-src 'none'; frame-ancestors 'none'"
+
+
+def _subresource(response: Response) -> bool:
+    return response.mimetype in _SUBRESOURCE_TYPES and request.path != "/sw.js"
+
+
 def content_security_policy(settings: Settings) -> str:
     """The policy the PWA is written for: every script, style and worker from our own files."""
     base = urlsplit(settings.base_url)
@@ -206,12 +224,15 @@ def init_app(app: Flask) -> Limiter:
     @app.after_request
     def _headers(response: Response) -> Response:
         h = response.headers
-        h.setdefault("Content-Security-Policy", csp)
         h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "strict-origin-when-cross-origin"
-        h["Permissions-Policy"] = PERMISSIONS_POLICY
-        h["X-Frame-Options"] = "DENY"
-        h["Cross-Origin-Opener-Policy"] = "same-origin"
+        if response.mimetype == "image/svg+xml":  # a picture that, opened alone, is a page
+            h.setdefault("Content-Security-Policy", IMAGE_POLICY)
+        elif not _subresource(response):
+            h.setdefault("Content-Security-Policy", csp)
+            h["Referrer-Policy"] = "strict-origin-when-cross-origin"
+            h["Permissions-Policy"] = PERMISSIONS_POLICY
+            h["X-Frame-Options"] = "DENY"
+            h["Cross-Origin-Opener-Policy"] = "same-origin"
         if hsts:
             h["Strict-Transport-Security"] = "max-age=31536000"  # this host only
         for name in _CORS_HEADERS:

@@ -1,6 +1,9 @@
 """Render the PWA's PNG icons from SVG with the system Chromium (no image library needed).
 
-Run once after changing the logo: ``.venv/bin/python tests/browser/render_icons.py``.
+Run once after changing the logo: ``.venv/bin/python tests/browser/render_icons.py``. Then
+re-encode them as 64-colour palettes (the icons on main are: a third of the bytes, the same to
+the eye; the 192 px one is in every first load, cached by the service worker), for example
+with Pillow: ``Image.open(p).convert("RGBA").quantize(64).save(p, optimize=True)``.
 """
 
 from __future__ import annotations
