@@ -43,8 +43,11 @@ self.addEventListener('message', (event) => {
   // A page that opened while this worker was still installing missed its claim: take it now.
   if (msg.type === 'claim') event.waitUntil(self.clients.claim());
   if (msg.type === 'push-target') event.waitUntil(rememberTarget(msg.target));
-  // The app opened: a VAPID key rotated since this browser subscribed means subscribing again.
-  if (msg.type === 'check-push-key') event.waitUntil(renewIfRotated().catch(() => {}));
+  // The app opened (or is turning push on): a VAPID key rotated since this browser subscribed
+  // means subscribing again. The page may wait for the answer on a port of its own.
+  if (msg.type === 'check-push-key') {
+    event.waitUntil(renewIfRotated().catch(() => {}).finally(() => event.ports[0]?.postMessage('done')));
+  }
 });
 
 self.addEventListener('fetch', (event) => {
@@ -135,8 +138,18 @@ async function rememberTarget(target) {
 }
 
 async function readTargets() {
-  const hit = await (await caches.open(META)).match('/__push-targets');
-  return hit ? hit.json() : [];
+  return (await readMeta('/__push-targets')) || [];
+}
+
+async function readMeta(path) {
+  const hit = await caches.match(path, { cacheName: META }); // never makes the cache
+  return hit ? hit.json() : null;
+}
+
+async function writeMeta(path, value) {
+  const cache = await caches.open(META);
+  if (value === null) await cache.delete(path);
+  else await cache.put(path, new Response(JSON.stringify(value)));
 }
 
 self.addEventListener('push', (event) => {
@@ -183,7 +196,7 @@ self.addEventListener('pushsubscriptionchange', (event) => {
       const key = await serverKey().catch(() => event.oldSubscription?.options?.applicationServerKey);
       sub = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
     }
-    await register(event.oldSubscription, sub);
+    await register(event.oldSubscription?.toJSON(), sub);
   })());
 });
 
@@ -206,30 +219,54 @@ async function serverKey() {
  * subscribe again with the current key and tell every place this browser was registered.
  * A push service takes only messages signed with the subscription's own key, so once the
  * server drops the old key, a browser that did not move would hear nothing more.
+ *
+ * The old subscription must go before the new one can be made, so the move is written down
+ * first ('/__push-moving', with the old subscription): until every place has the new one, the
+ * next check (the app opening, the next push) finishes it.
  */
 async function renewIfRotated(current) {
-  const old = await self.registration.pushManager.getSubscription();
-  if (!old) return;
+  const sub = await self.registration.pushManager.getSubscription();
+  const moving = await readMeta('/__push-moving'); // a move an earlier check did not finish
+  if (!sub && !moving) return;
+  const have = keyOf(sub);
+  if (sub && !have) return; // a browser that does not say its key: nothing to compare
   const key = current || await serverKey();
-  if (!key || keyOf(old) === key) return;
-  await old.unsubscribe(); // a browser holds one subscription per worker: the old one goes first
-  const sub = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
-  await register(old, sub);
+  if (!key || (have === key && !moving)) return;
+  if (!(await readTargets()).length) return; // registered nowhere: nothing to move
+  let fresh = sub;
+  let old = moving?.old;
+  if (!sub || have !== key) {
+    if (sub) {
+      old = sub.toJSON();
+      await writeMeta('/__push-moving', { old });
+      await sub.unsubscribe(); // one subscription per worker: the old one goes first
+    }
+    fresh = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+  }
+  await register(old, fresh); // throws when a place did not take it: tried again next time
+  await writeMeta('/__push-moving', null);
 }
 
-/** Replace `old` by `sub` at every target this browser's subscription was registered at. */
+/**
+ * Replace the subscription `old` (its JSON) by `sub` at every target this browser's
+ * subscription was registered at; throws when one of them did not take the new one.
+ */
 async function register(old, sub) {
   const body = { ...sub.toJSON(), vapid_key: keyOf(sub) || undefined };
+  let refused = 0;
   for (const target of await readTargets()) {
     const headers = { 'Content-Type': 'application/json' };
     if (target.startsWith('/api/me/')) {
       const me = await fetch('/api/me', { credentials: 'same-origin' });
-      if (!me.ok) continue;
+      if (!me.ok) continue; // signed out: that account's push went with the sign-out
       headers['X-CSRF-Token'] = (await me.json()).csrf_token;
     }
     if (old) {
-      await fetch(target, { method: 'DELETE', headers, credentials: 'same-origin', body: JSON.stringify(old.toJSON()) }).catch(() => {});
+      await fetch(target, { method: 'DELETE', headers, credentials: 'same-origin', body: JSON.stringify(old) }).catch(() => {});
     }
-    await fetch(target, { method: 'POST', headers, credentials: 'same-origin', body: JSON.stringify(body) });
+    const answer = await fetch(target, { method: 'POST', headers, credentials: 'same-origin', body: JSON.stringify(body) })
+      .catch(() => null);
+    if (!answer?.ok) refused += 1;
   }
+  if (refused) throw new Error(`${refused} place(s) did not take the new push subscription`);
 }

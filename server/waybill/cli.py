@@ -354,17 +354,19 @@ def rotate_secret(new_key: bool) -> None:
     from waybill.auth.rotation import reseal
 
     done = reseal(_engine(settings), settings.secret_key)
-    click.echo(f"{'':26} {'resealed':>9} {'current':>9} {'unopened':>9}")
-    for kind, count in done.kinds.items():
-        click.echo(f"{kind:26} {count.resealed:>9} {count.current:>9} {count.unopened:>9}")
+    click.echo(f"{'':26} {'resealed':>9} {'current':>9} {'unopened':>9} {'changed':>9}")
+    for kind, c in done.kinds.items():
+        click.echo(f"{kind:26} {c.resealed:>9} {c.current:>9} {c.unopened:>9} {c.changed:>9}")
     old = len(settings.secret_key.old)  # type: ignore[attr-defined]
     if done.unopened:
         raise click.ClickException(
             f"{done.unopened} stored values open with no key given: keep every old key in "
             "WAYBILL_OLD_SECRET_KEYS and run this again"
         )
+    if any(c.changed for c in done.kinds.values()):
+        click.echo("some values were written anew meanwhile: run this again to check them")
     click.echo(
-        f"everything stored is sealed with the current key; {old} old key(s) are still accepted "
+        f"everything read is sealed with the current key; {old} old key(s) are still accepted "
         "for links and tokens made before (unsubscribe links in mail already sent, open pages' "
         "CSRF tokens, sign-in codes): drop one when that mail is old enough (we keep 30 days)"
     )

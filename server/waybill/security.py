@@ -76,7 +76,8 @@ IMAGE_POLICY = "default-src 'none'; frame-ancestors 'none'"
 
 
 def _subresource(response: Response) -> bool:
-    return response.mimetype in _SUBRESOURCE_TYPES and request.path != "/sw.js"
+    # any service worker script, under whatever path it is served
+    return response.mimetype in _SUBRESOURCE_TYPES and not request.path.endswith("/sw.js")
 
 
 def content_security_policy(settings: Settings) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from flask import request
 from sqlmodel import Session, select
 
 from tests.browser.conftest import LiveServer, _serve, push_to_worker, sign_in
@@ -180,4 +181,45 @@ def test_a_notification_sent_with_the_old_key_moves_the_subscription(
     }
     push_message(json.dumps(told))
     wait_for_move(live_server, before, moved)
+    the_next_notification_arrives(live_server, push, order, moved)
+
+
+def test_a_move_the_server_did_not_take_is_finished_at_the_next_opening(
+    phone: Any, live_server: LiveServer, push: PushService
+) -> None:
+    """The old subscription has to go before the new one is made; if the server then refuses
+    the new one (a process not yet restarted with the new key answers 422), the device must not
+    end up registered nowhere: the next opening of the app finishes the move."""
+    order, page, before, moved = subscribed_before_the_rotation(
+        phone, live_server, push, "refused@example.com"
+    )
+    refused: list[str] = []
+    views = live_server.app.view_functions
+    endpoint = "push_subscriptions_api.add_subscription"
+    add = views[endpoint]
+
+    def refuse_once() -> Any:
+        if not refused:
+            refused.append(request.get_json()["endpoint"])
+            return {"error": {"code": "unavailable", "message": "restarting"}}, 503
+        return add()
+
+    views[endpoint] = refuse_once
+    try:
+        page.reload()
+        page.get_by_role("heading", name="Your orders").wait_for()
+        deadline = time.monotonic() + 10
+        while not refused and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        views[endpoint] = add
+    assert refused == [moved.endpoint], "the service worker never tried the new subscription"
+    state = phone.service_workers[0].evaluate("self.fakePush")
+    assert state["subscribedWith"] == [NEW.public_key]  # subscribed again, not yet registered
+    assert moved.endpoint not in registered(live_server)
+
+    page.reload()  # the next opening
+    page.get_by_role("heading", name="Your orders").wait_for()
+    wait_for_move(live_server, before, moved)
+    assert phone.service_workers[0].evaluate("self.fakePush")["subscribedWith"] == [NEW.public_key]
     the_next_notification_arrives(live_server, push, order, moved)

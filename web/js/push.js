@@ -37,8 +37,10 @@ export async function subscribe(target) {
   const { data } = await get('/api/push/public-key');
   let sub = await reg.pushManager.getSubscription();
   if (sub && keyOf(sub) && keyOf(sub) !== data.public_key) {
-    await sub.unsubscribe(); // made with a key the server has replaced
-    sub = null;
+    // Made with a key the server has replaced: the worker moves it, at every place it was
+    // registered, before this one is added.
+    await askWorker(reg, { type: 'check-push-key' });
+    sub = await reg.pushManager.getSubscription();
   }
   if (!sub) {
     sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(data.public_key) });
@@ -46,6 +48,17 @@ export async function subscribe(target) {
   await request('POST', target, { ...sub.toJSON(), vapid_key: keyOf(sub) || data.public_key });
   reg.active?.postMessage({ type: 'push-target', target });
   return sub;
+}
+
+/** Send the active worker a message and wait (5 s at most) for its answer. */
+function askWorker(reg, message) {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    const timer = setTimeout(resolve, 5000);
+    channel.port1.onmessage = () => { clearTimeout(timer); resolve(); };
+    if (reg.active) reg.active.postMessage(message, [channel.port2]);
+    else resolve();
+  });
 }
 
 export async function unsubscribe(target) {

@@ -14,6 +14,7 @@ the servers go on serving while it runs. A value that no key opens is counted an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,9 @@ from waybill.integrations import inbox, outbound
 from waybill.models import Order
 from waybill.models.integrations import Integration, WebhookEndpoint
 
-BATCH = 500
+BATCH = 500  # rows read at a time
+WRITE_CHUNK = 50  # rows written in one transaction
+WRITE_ATTEMPTS = 3
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Count:
     resealed: int = 0  # opened with an old key, sealed again with the current one
     current: int = 0  # already under the current key
     unopened: int = 0  # no key of the ring opens it: left as it is
+    changed: int = 0  # written anew by someone else meanwhile (a new secret): left as it is
 
 
 @dataclass
@@ -138,7 +142,9 @@ def reseal(engine: Engine, secret: str, *, batch: int = BATCH) -> Resealed:
                     count.unopened += 1
                     continue
                 changed.append((row.id, sealed, column.seal(str(secret), plain, associated)))
-            count.resealed += _write(engine, column, changed)
+            written = _write(engine, column, changed)
+            count.resealed += written
+            count.changed += len(changed) - written
     return done
 
 
@@ -162,17 +168,32 @@ def _batches(engine: Engine, column: _Sealed, size: int) -> Iterator[list[Any]]:
 
 
 def _write(engine: Engine, column: _Sealed, changed: list[tuple[int, str, str]]) -> int:
-    """Write the new sealed values of one batch in one transaction, each only over the value it
-    was read as (a row sealed again meanwhile, by a merchant saving a new secret, is kept)."""
-    if not changed:
-        return 0
+    """Write the new sealed values, each only over the value it was read as (a row sealed
+    again meanwhile, by a merchant saving a new secret, is kept), a few rows a transaction: the
+    servers write to these tables meanwhile, and a short transaction holds their rows briefly.
+    A transaction the database gave up (a deadlock with one of theirs) is tried again."""
     table = column.table
     value = table.c[column.column]
+    compare_and_set = (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("row_id"), value == sa.bindparam("old"))
+        .values({value: sa.bindparam("new")})
+    )
     written = 0
-    with engine.begin() as conn:
-        for row_id, old, new in changed:
-            result = conn.execute(
-                sa.update(table).where(table.c.id == row_id, value == old).values({value: new})
-            )
-            written += result.rowcount
+    for start in range(0, len(changed), WRITE_CHUNK):
+        chunk = changed[start : start + WRITE_CHUNK]
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with engine.begin() as conn:
+                    written += sum(
+                        conn.execute(
+                            compare_and_set, {"row_id": row_id, "old": old, "new": new}
+                        ).rowcount
+                        for row_id, old, new in chunk
+                    )
+                break
+            except sa.exc.OperationalError:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                time.sleep(0.1 * attempt)
     return written

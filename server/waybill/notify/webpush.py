@@ -54,8 +54,8 @@ class Subscription:
 
 
 class UnknownVapidKey(Exception):
-    """The subscription was made with a VAPID key this server no longer holds: its push
-    service refuses anything signed with another, so it can never be reached again."""
+    """The subscription was made with a VAPID key this process does not hold: its push service
+    refuses anything signed with another, so nothing is sent to it from here."""
 
 
 @dataclass(frozen=True)
@@ -259,8 +259,10 @@ class _AsyncTransport:
         try:
             body = encrypt(sub, m.payload)
             auth = self.sender.vapid_header(sub.endpoint, sub.vapid_key)
-        except UnknownVapidKey as exc:  # its old key was dropped: forget it, as a 410 would
-            return PushResult("gone", None, None, str(exc))
+        except UnknownVapidKey as exc:
+            # Not ours to judge gone: a process not yet restarted after a rotation lacks the
+            # new key, and a device on a dropped key moves when its app opens. Tried again later.
+            return PushResult("retry", None, 300.0, str(exc))
         except Exception as exc:  # keys or an endpoint that cannot be used: never will be
             return PushResult("rejected", None, None, describe_error(exc))
         headers = {

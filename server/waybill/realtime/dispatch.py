@@ -110,7 +110,9 @@ class Dispatcher:
             if not rows:
                 return False
             owner = {order_id: customer_id for _, order_id, customer_id, _ in rows}
-            self._close_signed_out(session, set(owner.values()))
+            signed_out = self._signed_out(session, set(owner.values()))
+        if signed_out:  # closed before any of these changes goes out to them
+            registry.close_sessions(signed_out)
         with registry.lock:
             wanted = self._wanted(owner)
         bodies = self._render_wanted(wanted)
@@ -130,9 +132,9 @@ class Dispatcher:
                 observe.DISPATCH_LAG.observe(max((now - at).total_seconds(), 0.0))
         return len(rows) == limit
 
-    def _close_signed_out(self, session: Session, customers: set[int]) -> None:
-        """Close the sockets of these customers whose sign-in has been revoked, before any of
-        these changes goes out to them.
+    def _signed_out(self, session: Session, customers: set[int]) -> set[int]:
+        """The revoked sign-ins among these customers' sockets here: they are closed before any
+        of these changes goes out to them.
 
         A sign-out closes its sockets on other workers by its own broker message, which can
         arrive after a change committed just after the sign-out has been dispatched here. Read
@@ -147,8 +149,8 @@ class Dispatcher:
                 if conn.scope.session_id is not None and not conn.closing
             }
         if not watched:
-            return
-        revoked = set(
+            return set()
+        return set(
             session.exec(
                 select(AuthSession.id).where(
                     AuthSession.id.in_(sorted(watched)),  # type: ignore[union-attr]
@@ -156,8 +158,6 @@ class Dispatcher:
                 )
             )
         )
-        if revoked:
-            self.registry.close_sessions(revoked)
 
     def _wanted(self, owner: dict[int, int]) -> dict[str, set[int]]:
         """Which changed orders a socket here may see, by the language it reads them in."""
