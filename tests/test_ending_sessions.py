@@ -233,6 +233,19 @@ def closed_at_once(live: LiveClient, since: float) -> None:
     assert time.monotonic() - since < AT_ONCE
 
 
+def with_sockets(
+    app: Flask, connect: Callable[..., LiveClient]
+) -> tuple[Device, Device, LiveClient, LiveClient]:
+    """The customer's phone and laptop, signed in, with a socket open on each (the phone's
+    waits no longer than a close "at once" may take)."""
+    phone, laptop = Device(app, PHONE), Device(app, LAPTOP)
+    on_phone = connect(cookie=phone.cookie, timeout=AT_ONCE + 1)
+    on_phone.hello()
+    on_laptop = connect(cookie=laptop.cookie)
+    on_laptop.hello()
+    return phone, laptop, on_phone, on_laptop
+
+
 def updates(live: LiveClient) -> list[dict[str, Any]]:
     return [m for m in live.messages if m["type"] == "order.updated"]
 
@@ -261,11 +274,7 @@ def test_signing_one_device_out_closes_its_sockets_at_once(
     app: Flask, connect: Callable[..., LiveClient], merchant: MerchantActions
 ) -> None:
     order = merchant.create_order(EMAIL)
-    phone, laptop = Device(app, PHONE), Device(app, LAPTOP)
-    lost = connect(cookie=phone.cookie, timeout=AT_ONCE + 1)
-    lost.hello()
-    kept = connect(cookie=laptop.cookie)
-    kept.hello()
+    phone, laptop, lost, kept = with_sockets(app, connect)
 
     started = time.monotonic()
     r = laptop.client.delete(f"/api/me/sessions/{phone.session_id}", headers=laptop.headers)
@@ -280,11 +289,7 @@ def test_logout_closes_the_sessions_sockets_at_once(
     app: Flask, connect: Callable[..., LiveClient], merchant: MerchantActions
 ) -> None:
     order = merchant.create_order(EMAIL)
-    phone, laptop = Device(app, PHONE), Device(app, LAPTOP)
-    mine = connect(cookie=phone.cookie, timeout=AT_ONCE + 1)
-    mine.hello()
-    other = connect(cookie=laptop.cookie)
-    other.hello()
+    phone, laptop, mine, other = with_sockets(app, connect)
 
     started = time.monotonic()
     assert phone.client.post("/auth/logout").status_code == 204
@@ -299,11 +304,7 @@ def test_a_sign_out_published_by_another_worker_closes_the_sockets_here(
 ) -> None:
     """What another worker's sign-out sends through the broker (Redis between processes)."""
     order = merchant.create_order(EMAIL)
-    phone, laptop = Device(app, PHONE), Device(app, LAPTOP)
-    mine = connect(cookie=phone.cookie, timeout=AT_ONCE + 1)
-    mine.hello()
-    other = connect(cookie=laptop.cookie)
-    other.hello()
+    phone, laptop, mine, other = with_sockets(app, connect)
 
     broker = app.extensions["waybill.broker"]
     broker.publish({"type": "sessions_ended", "ids": ["not a number"]})  # ignored, logged
@@ -322,11 +323,7 @@ def test_a_sign_out_whose_message_never_came_still_keeps_later_changes_from_its_
     reaches the signed-out socket, which closes when that change is dispatched, not at the
     keepalive round."""
     order = merchant.create_order(EMAIL)
-    phone, laptop = Device(app, PHONE), Device(app, LAPTOP)
-    mine = connect(cookie=phone.cookie, timeout=AT_ONCE + 1)
-    mine.hello()
-    other = connect(cookie=laptop.cookie)
-    other.hello()
+    phone, laptop, mine, other = with_sockets(app, connect)
 
     started = time.monotonic()
     with Session(app.extensions["waybill.engine"]) as s:  # what the other worker committed

@@ -15,12 +15,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlmodel import Session, select
 
 from tests.conftest import database_url_of, make_settings
 from tests.test_cli import run
 from tests.test_integrations import Receiver, connect, fixture, send
 from tests.test_notifications import push as push  # fixture
-from tests.utils.factories import AuthActions, MerchantActions
+from tests.utils.factories import AuthActions, MerchantActions, make_merchant
 from tests.utils.push_service import BrowserSubscription
 from waybill import close_app, create_app
 from waybill.models import Customer
@@ -185,14 +186,10 @@ def shopify_order(merchant: MerchantActions, number: int) -> Any:
 
 
 def _new_merchant(app: Flask) -> MerchantActions:
-    from tests.utils.factories import make_merchant
-
     return make_merchant(app, app.test_client())
 
 
 def _unsubscribe_path(app: Flask) -> str:
-    from sqlmodel import Session, select
-
     with Session(app.extensions["waybill.engine"]) as s:
         customer = s.exec(select(Customer).where(Customer.email == EMAIL)).one()
     return unsubscribe_url("", app.config["WAYBILL_SETTINGS"].secret_key, customer.id)

@@ -373,23 +373,19 @@ def rotate_secret(new_key: bool) -> None:
 
 
 def _new_secret_key(settings: Settings) -> None:
-    """A new current key in the instance directory; the one it replaces goes first among the
-    old keys there. Nothing is resealed: running processes do not know the new key yet."""
-    import secrets
+    """A new current key in the instance directory. Nothing is resealed: running processes do
+    not know the new key yet."""
+    from waybill.config import OLD_SECRET_KEYS_FILE, replace_instance_secret
 
-    from waybill.config import OLD_SECRET_KEYS_FILE, instance_old_keys, write_private
-
-    key_file = settings.instance_dir / "secret_key"
     current = str(settings.secret_key)
+    key_file = settings.instance_dir / "secret_key"
     if not key_file.exists() or key_file.read_text().strip() != current:
         raise click.ClickException(
             "the secret key is given by WAYBILL_SECRET_KEY, not kept in the instance directory: "
             "set WAYBILL_SECRET_KEY to a new key and put the old one first in "
             "WAYBILL_OLD_SECRET_KEYS, restart every process, then run `waybill rotate-secret`"
         )
-    old = [current, *instance_old_keys(settings.instance_dir)]
-    write_private(settings.instance_dir / OLD_SECRET_KEYS_FILE, "\n".join(old) + "\n")
-    write_private(key_file, secrets.token_urlsafe(48))
+    replace_instance_secret(settings.instance_dir, current)
     click.echo(
         f"new secret key written to {key_file}; the old one is kept in "
         f"{settings.instance_dir / OLD_SECRET_KEYS_FILE}. Restart every Waybill process (they "

@@ -191,18 +191,12 @@ class Settings(BaseSettings):
     @field_validator("old_secret_keys", "old_vapid_private_keys", mode="before")
     @classmethod
     def _key_list(cls, value: object) -> object:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise ValueError("expected comma-separated keys")
-        return tuple(str(k).strip() for k in items if str(k).strip())
+        return _comma_list(value, "keys")
 
     @field_validator("push_endpoint_hosts", "webhook_endpoint_hosts", mode="before")
     @classmethod
     def _host_patterns(cls, value: object) -> object:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise ValueError("expected comma-separated host:port patterns")
-        hosts = tuple(str(h).strip() for h in items if str(h).strip())
+        hosts = _comma_list(value, "host:port patterns")
         bad = []
         for pattern in hosts:
             host, _, port = pattern.rpartition(":")
@@ -321,6 +315,14 @@ def _describe(exc: ValidationError) -> str:
     return "\n".join(lines.values())
 
 
+def _comma_list(value: object, what: str) -> tuple[str, ...]:
+    """A variable's comma-separated text, or a list given in code: its non-empty items."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected comma-separated {what}")
+    return tuple(str(i).strip() for i in items if str(i).strip())
+
+
 def _entries(bad: list[str]) -> str:
     return f"entry {bad[0]} is" if len(bad) == 1 else f"entries {', '.join(bad)} are"
 
@@ -354,6 +356,16 @@ def _instance_secret(instance_dir: Path, name: str) -> str:
 #: In the instance directory, beside ``secret_key``: the keys ``waybill rotate-secret --new``
 #: replaced, newest first, one per line.
 OLD_SECRET_KEYS_FILE = "old_secret_keys"
+
+
+def replace_instance_secret(instance_dir: Path, current: str) -> Path:
+    """A new secret key in the instance directory; ``current`` goes first among the old keys
+    there. Returns the key's file."""
+    old = [current, *instance_old_keys(instance_dir)]
+    write_private(instance_dir / OLD_SECRET_KEYS_FILE, "\n".join(dict.fromkeys(old)) + "\n")
+    key_file = instance_dir / "secret_key"
+    write_private(key_file, secrets.token_urlsafe(48))
+    return key_file
 
 
 def instance_old_keys(instance_dir: Path) -> tuple[str, ...]:

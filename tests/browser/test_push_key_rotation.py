@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import request
 from sqlmodel import Session, select
 
-from tests.browser.conftest import LiveServer, _serve, push_to_worker, sign_in
+from tests.browser.conftest import LiveServer, _serve, ago, push_to_worker, sign_in
 from tests.browser.test_screens import api
 from tests.conftest import Backend
 from tests.utils.push_service import BrowserSubscription, PushService
@@ -131,7 +131,7 @@ def wait_for_move(
 def the_next_notification_arrives(
     server: LiveServer, push: PushService, order: dict[str, Any], moved: BrowserSubscription
 ) -> None:
-    shipped = server.merchant.scan(order["shipment_id"], "out_for_delivery", time_now())
+    shipped = server.merchant.scan(order["shipment_id"], "out_for_delivery", ago(seconds=1))
     assert shipped.status_code == 201
     worker = Worker(server.app.extensions["waybill.engine"], server.app.config["WAYBILL_SETTINGS"])
     try:
@@ -140,12 +140,6 @@ def the_next_notification_arrives(
         worker.stop()
     assert push.errors == []  # signed with NEW, the key the new subscription was made with
     assert [d.payload["status"] for d in push.delivered_to(moved)] == ["out_for_delivery"]
-
-
-def time_now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat()
 
 
 def test_opening_the_app_after_a_rotation_moves_the_subscription_to_the_new_key(

@@ -114,18 +114,6 @@ def _open_any(aead: Callable[[str], AESGCM], secret: str, body: str, associated:
     return None
 
 
-def opens_with_current(secret: str, sealed: str, associated: str) -> bool | None:
-    """Whether a sealed value (tracking token or merchant secret) opens with the current key:
-    True, False when only an old key opens it, None when no key does."""
-    for prefix, aead in ((SEAL_PREFIX, _tracking_aead), (_SECRET_PREFIX, _secret_aead)):
-        if sealed.startswith(prefix):
-            body = sealed[len(prefix) :]
-            if _open_any(aead, str(secret), body, associated) is not None:
-                return True
-            return False if _open_any(aead, secret, body, associated) is not None else None
-    return None
-
-
 def new_tracking_token(secret: str) -> tuple[str, str, str]:
     """A new order's tracking token: (token, sealed form, hash). Only the last two are stored."""
     token = new_token(24)
