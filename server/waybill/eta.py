@@ -154,6 +154,14 @@ def _window(
 _models: dict[tuple[int, int], est.Model] = {}
 
 
+_ZONE_OF = sa.select(col(Customer.timezone)).where(col(Customer.id) == sa.bindparam("customer_id"))
+#: When the order reached its status (the latest event reporting it).
+_REACHED = sa.select(sa.func.max(col(TrackingEvent.occurred_at))).where(
+    col(TrackingEvent.order_id) == sa.bindparam("order_id"),
+    col(TrackingEvent.status) == sa.bindparam("status"),
+)
+
+
 def window_for(
     session: Session,
     order: Order,
@@ -170,19 +178,22 @@ def window_for(
     row_id, model = _loaded.get(session)
     model_key = (id(model), row_id)
     _models.setdefault(model_key, model)
-    saved = session.execute(  # the customer's own zone wins; a column, not the whole row
-        sa.select(Customer.timezone).where(col(Customer.id) == order.customer_id)
-    ).scalar()
+    # The customer's own zone wins; a column, not the whole row. Without a flush: the order's
+    # new status and its window then go out in one UPDATE, not two.
+    held = session.identity_map.get(session.identity_key(Customer, order.customer_id))
+    if held is not None:
+        saved = held.timezone  # type: ignore[attr-defined]
+    else:
+        with session.no_autoflush:
+            saved = session.execute(_ZONE_OF, {"customer_id": order.customer_id}).scalar()
     local = zone(saved or order.customer_timezone or "UTC")
     # The parcel in the order's status (the order is as far as its least advanced parcel).
     parcel = next((s for s in shipments if s.status == order.status), None)
     parcel = parcel or next(iter(shipments), None)
     if stage_at is None:
-        stage_at = session.exec(
-            select(sa.func.max(TrackingEvent.occurred_at)).where(
-                TrackingEvent.order_id == order.id, TrackingEvent.status == order.status
-            )
-        ).first()
+        stage_at = session.execute(
+            _REACHED, {"order_id": order.id, "status": str(order.status)}
+        ).scalar()
     purchased = (order.placed_at or order.created_at or now).astimezone(local).date()
     stage_day = (stage_at or now).astimezone(local).date()
     return _window(

@@ -316,6 +316,34 @@ def _record(*args: Any, **kwargs: Any) -> bool:
         return _record_event(*args, **kwargs)
 
 
+def _near(of_shipment: bool) -> sa.Select[Any]:
+    """What one event needs to know of its order's other events (see ``_record_event``):
+    built once for each kind of timeline, with bind parameters."""
+    in_order = col(TrackingEvent.order_id) == sa.bindparam("order_id")
+    timeline = (
+        col(TrackingEvent.shipment_id) == sa.bindparam("shipment_id")
+        if of_shipment
+        else col(TrackingEvent.shipment_id).is_(None)
+    )
+    return sa.select(
+        col(TrackingEvent.dedupe_key),
+        col(TrackingEvent.occurred_at),
+        col(TrackingEvent.status),
+        col(TrackingEvent.shipment_id),
+    ).where(
+        # The order in each branch, so that each is one index range (SQLite's MULTI-INDEX
+        # OR; with the order outside, SQLite read every event of the order instead).
+        sa.or_(
+            sa.and_(in_order, col(TrackingEvent.dedupe_key) == sa.bindparam("key")),
+            sa.and_(in_order, col(TrackingEvent.shipment_id).is_(None)),
+            sa.and_(in_order, timeline, col(TrackingEvent.occurred_at) >= sa.bindparam("at")),
+        ),
+    )
+
+
+_NEAR_OF_SHIPMENT, _NEAR_OF_ORDER = _near(True), _near(False)
+
+
 def _record_event(
     session: Session,
     order: Order,
@@ -346,26 +374,9 @@ def _record_event(
     # One read answers all three questions: was this event seen before, does it come after
     # every other event of its timeline (then the fold is one step, not the timeline again),
     # and what do the order's own events say (few: the merchant's, not the carriers' scans)?
-    in_order = col(TrackingEvent.order_id) == order.id
-    near = session.exec(
-        select(
-            TrackingEvent.dedupe_key,
-            TrackingEvent.occurred_at,
-            TrackingEvent.status,
-            TrackingEvent.shipment_id,
-        ).where(
-            # The order in each branch, so that each is one index range (SQLite's MULTI-INDEX
-            # OR; with the order outside, SQLite read every event of the order instead).
-            sa.or_(
-                sa.and_(in_order, TrackingEvent.dedupe_key == key),
-                sa.and_(in_order, col(TrackingEvent.shipment_id).is_(None)),
-                sa.and_(
-                    in_order,
-                    _in_timeline(shipment_id),
-                    TrackingEvent.occurred_at >= occurred_at,  # type: ignore[operator]
-                ),
-            ),
-        )
+    near = session.execute(  # (after a flush: a batch's earlier events count)
+        _NEAR_OF_SHIPMENT if shipment_id is not None else _NEAR_OF_ORDER,
+        {"order_id": order.id, "key": key, "shipment_id": shipment_id, "at": occurred_at},
     ).all()
     if any(k == key for k, _, _, _ in near):
         return False
@@ -450,6 +461,9 @@ def _timeline(session: Session, order: Order, shipment_id: int | None) -> list[T
     return [TimelineEntry(at, Status(st), key) for at, st, key in rows]
 
 
+_SHIPMENTS_OF_ORDER = select(Shipment).where(col(Shipment.order_id) == sa.bindparam("order_id"))
+
+
 def _recompute(
     session: Session,
     order: Order,
@@ -464,7 +478,7 @@ def _recompute(
     its shipments' statuses (each kept current as its events arrive); log the change. A
     parcel delivered while the order goes on (another parcel is on its way) is logged as a
     change of kind ``parcel.delivered``: a moment to tell, whatever the order's status says."""
-    shipments = list(session.exec(select(Shipment).where(Shipment.order_id == order.id)))
+    shipments = list(session.exec(_SHIPMENTS_OF_ORDER, params={"order_id": order.id}))
     if own is None:
         own = _timeline(session, order, None)
     base = fold(own, start=Status.CONFIRMED)

@@ -76,16 +76,23 @@ def _order(order_id: int) -> Order:
     return owned_or_404(get_session(), Order, order_id, "order", merchant_id=_merchant().id)
 
 
+#: Built once (every event of a shipment runs it).
+_SHIPMENT_AND_ORDER = (
+    select(Shipment, Order)
+    .join(Order, col(Order.id) == col(Shipment.order_id))
+    .where(
+        col(Shipment.id) == sa.bindparam("shipment_id"),
+        col(Order.merchant_id) == sa.bindparam("merchant"),
+    )
+)
+
+
 def _shipment_and_order(shipment_id: int) -> tuple[Shipment, Order]:
     """One of this merchant's shipments and its order, in one read. Another merchant's
     shipment answers exactly as a missing one: ids reveal nothing."""
     found = (
         get_session()
-        .exec(
-            select(Shipment, Order)
-            .join(Order, col(Order.id) == col(Shipment.order_id))
-            .where(col(Shipment.id) == shipment_id, Order.merchant_id == _merchant().id)
-        )
+        .exec(_SHIPMENT_AND_ORDER, params={"shipment_id": shipment_id, "merchant": _merchant().id})
         .first()
         if 0 < shipment_id <= MAX_ID
         else None

@@ -300,14 +300,17 @@ def find(session: Session, *, scope: str, endpoint: str) -> PushSubscription | N
     ).first()
 
 
+_IN_SCOPES = (
+    select(PushSubscription)
+    .where(col(PushSubscription.scope).in_(sa.bindparam("scopes", expanding=True)))
+    .order_by(col(PushSubscription.id))
+)
+
+
 def in_scopes(session: Session, scopes: Sequence[str]) -> dict[str, list[PushSubscription]]:
     """The subscriptions of each scope, oldest first, in one read."""
     found: dict[str, list[PushSubscription]] = {scope: [] for scope in scopes}
-    for sub in session.exec(
-        select(PushSubscription)
-        .where(col(PushSubscription.scope).in_(scopes))
-        .order_by(col(PushSubscription.id))
-    ):
+    for sub in session.exec(_IN_SCOPES, params={"scopes": list(scopes)}):
         found[sub.scope].append(sub)
     return found
 
